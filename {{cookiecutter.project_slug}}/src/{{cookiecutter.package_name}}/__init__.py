@@ -1,0 +1,1 @@
+"""Reproducible 3D segmentation: DVC pipeline stages, MONAI models, MLflow provenance."""

@@ -1,0 +1,95 @@
+"""Load params.yaml (composed by DVC from conf/), validate it, and refuse a stale one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+PARAMS_FILE = "params.yaml"
+# Bookkeeping written at compose time; not a parameter of any result.
+FINGERPRINT_KEY = "conf_sha256"
+REQUIRED_KEYS = {
+    "seed": int,
+    "lr": float,
+    "epochs": int,
+    "batch_size": int,
+    "patch_size": list,
+    "data": dict,
+    "model": dict,
+    "trainer": dict,
+    "optimizer": dict,
+    "loss": dict,
+    "tracking": dict,
+}
+
+
+def repo_root() -> Path:
+    """The repository root: ``DVC_ROOT`` when DVC runs the stage, else the nearest ``.dvc``."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    raise UserError(f"No DVC repository found at or above {here}; run inside the project.")
+
+
+def load_params(workdir: Path | None = None) -> DictConfig:
+    """Read and check ``params.yaml`` in ``workdir`` (the stage's working copy).
+
+    Under ``dvc exp run --queue`` the working copy is a temporary clone, so params and conf
+    are read from the working directory, not from :func:`repo_root`.
+    """
+    workdir = Path.cwd() if workdir is None else workdir
+    path = workdir / PARAMS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc exp run`, which composes it from conf/.")
+    try:
+        params = OmegaConf.load(path)
+    except Exception as error:  # YAML parse errors come in several types
+        raise UserError(f"{path} is not valid YAML ({error}); recompose it with `dvc exp run`.")
+    _check_fresh(params, workdir)
+    _check_types(params, path)
+    return params
+
+
+def _check_fresh(params: DictConfig, workdir: Path) -> None:
+    recorded = params.get(FINGERPRINT_KEY)
+    current = conf_sha256(workdir / "conf")
+    if recorded != current:
+        raise UserError(
+            f"{PARAMS_FILE} is stale: it was composed from a different conf/ "
+            f"({FINGERPRINT_KEY} {str(recorded)[:12]} != conf/ {current[:12]}). "
+            "`dvc repro` does not recompose Hydra config; run `dvc exp run` instead."
+        )
+
+
+def _check_types(params: DictConfig, path: Path) -> None:
+    for key, expected in REQUIRED_KEYS.items():
+        if key not in params:
+            raise UserError(f"{path}: key `{key}` is missing; add it to conf/config.yaml.")
+        value = OmegaConf.to_object(params[key]) if OmegaConf.is_config(params[key]) else params[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise UserError(
+                f"{path}: `{key}` must be {expected.__name__}, got {value!r}; "
+                f"fix it with `dvc exp run -S {key}=...` or in conf/."
+            )
+    for key in ("epochs", "batch_size"):
+        if params[key] < 1:
+            raise UserError(f"{path}: `{key}` must be at least 1, got {params[key]}.")
+    if not params.lr > 0:
+        raise UserError(f"{path}: `lr` must be positive, got {params.lr}.")
+
+
+def resolved_params(params: DictConfig) -> dict:
+    """Plain-Python params without compose-time bookkeeping: what a result depends on."""
+    plain = OmegaConf.to_container(params, resolve=True)
+    plain.pop(FINGERPRINT_KEY, None)
+    return plain

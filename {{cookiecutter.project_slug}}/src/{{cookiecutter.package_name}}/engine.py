@@ -1,0 +1,107 @@
+"""Device choice, determinism, and the train/validation loops (AMP on CUDA)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from monai.data import ThreadDataLoader, decollate_batch
+from monai.inferers import sliding_window_inference
+from monai.metrics import DiceMetric
+from monai.transforms import AsDiscrete
+from monai.utils import set_determinism
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def select_device(trainer: DictConfig) -> torch.device:
+    """``trainer.accelerator``: auto picks CUDA when visible, else the CPU."""
+    choice = trainer.accelerator
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"trainer.accelerator must be auto, cpu or cuda, got {choice!r}.")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.accelerator=cuda but no CUDA GPU is visible; use -S trainer=auto.")
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    log.info("Device %s (trainer.accelerator=%s)", device, choice)
+    return device
+
+
+def configure_runtime(trainer: DictConfig, seed: int) -> None:
+    """Seed everything and pin threads so that CPU runs repeat bitwise (trainer.deterministic)."""
+    torch.set_num_threads(trainer.num_threads)
+    set_determinism(seed=seed)
+    if not trainer.deterministic:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast(device: torch.device, amp: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda")
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: ThreadDataLoader,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+) -> float:
+    """One pass over ``loader``; returns the mean batch loss."""
+    model.train()
+    total, batches = 0.0, 0
+    for batch in loader:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            loss = loss_fn(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item()
+        batches += 1
+    return total / max(batches, 1)
+
+
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, patch_size: list[int], overlap: float, amp: bool
+) -> torch.Tensor:
+    """Sliding-window logits for whole volumes (batch, classes, *spatial)."""
+    with torch.no_grad(), autocast(images.device, amp):
+        return sliding_window_inference(images, tuple(patch_size), 1, model, overlap=overlap).float()
+
+
+def validate(
+    model: torch.nn.Module,
+    loader: ThreadDataLoader,
+    num_classes: int,
+    patch_size: list[int],
+    device: torch.device,
+    amp: bool,
+) -> float:
+    """Mean foreground Dice over the validation volumes."""
+    model.eval()
+    to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
+    metric = DiceMetric(include_background=False, reduction="mean")
+    for batch in loader:
+        logits = predict(model, batch["image"].to(device), patch_size, 0.25, amp)
+        metric(
+            [to_pred(item) for item in decollate_batch(logits)],
+            [to_label(item) for item in decollate_batch(batch["label"].to(device))],
+        )
+    return float(metric.aggregate().item())
+
+
+def save_checkpoint(path: Path, **state: object) -> None:
+    """Write via a temporary file, so that an interrupted save leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)

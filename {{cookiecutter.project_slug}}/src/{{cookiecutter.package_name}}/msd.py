@@ -1,0 +1,83 @@
+"""Medical Segmentation Decathlon (MSD) folders: discovery, validation, seeded splits."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+KEYS = ("image", "label")
+SPLITS_FILE = "splits.json"  # train/val/test case names, written by preprocess
+
+
+@dataclass(frozen=True)
+class MsdDataset:
+    """An MSD folder: ``dataset.json`` plus the image/label pairs it lists."""
+
+    root: Path
+    labels: dict[int, str]  # class index -> name; 0 is the background
+    in_channels: int
+    cases: list[dict[str, str]]  # {"name", "image", "label"} with absolute paths
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def foreground(self) -> dict[int, str]:
+        return {index: name for index, name in self.labels.items() if index != 0}
+
+
+def read_msd(root: Path) -> MsdDataset:
+    """Read ``root/dataset.json`` and check that every case it lists exists."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing. An MSD dataset needs dataset.json with `labels` and "
+            "`training`; put your data in data/raw/ and run `dvc add data/raw`."
+        )
+    try:
+        spec = json.loads(path.read_text())
+        labels = {int(index): str(name) for index, name in spec["labels"].items()}
+        pairs = spec["training"]
+    except (json.JSONDecodeError, KeyError, AttributeError, ValueError) as error:
+        raise UserError(
+            f"{path} is not a valid MSD dataset.json ({error!r}); it needs `labels` "
+            '({"0": "background", "1": "<name>", ...}) and `training` ([{"image", "label"}]).'
+        ) from error
+    if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
+        raise UserError(f"{path}: `labels` must be numbered 0..K with K >= 1, got {sorted(labels)}.")
+    cases = []
+    for pair in pairs:
+        case = {key: str((root / pair[key]).resolve()) for key in KEYS}
+        for key in KEYS:
+            if not Path(case[key]).is_file():
+                raise UserError(f"{path} lists {pair[key]!r}, but {case[key]} does not exist.")
+        case["name"] = Path(case["image"]).name.split(".")[0]
+        cases.append(case)
+    if not cases:
+        raise UserError(f"{path}: `training` lists no cases.")
+    return MsdDataset(root, labels, len(spec.get("modality", {"0": "image"})), cases)
+
+
+def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Seeded train/val/test split of case names; every split gets at least one case."""
+    if len(names) < 3:
+        raise UserError(f"At least 3 cases are needed for train/val/test splits, found {len(names)}.")
+    shuffled = sorted(names)
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(names) * val_fraction))
+    n_test = max(1, round(len(names) * test_fraction))
+    if n_val + n_test >= len(names):
+        raise UserError(
+            f"data.val_fraction + data.test_fraction leave no training case out of {len(names)}."
+        )
+    return {
+        "train": sorted(shuffled[n_val + n_test :]),
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+    }
+

@@ -1,0 +1,97 @@
+"""Stage evaluate: sliding-window inference on the test split; Dice and HD95 per class."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from monai.data import decollate_batch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.transforms import AsDiscrete
+from omegaconf import DictConfig
+
+from .. import tracking
+from ..loaders import eval_loader
+from ..msd import read_msd
+from ..engine import configure_runtime, predict, select_device
+from ..models import build_model
+from ..overlays import save_overlay
+from .preprocess import OUTPUT as PROCESSED
+from .train import METRICS as TRAIN_METRICS
+from .train import MODELS
+
+log = logging.getLogger(__name__)
+
+METRICS = Path("metrics/evaluate.json")
+REPORTS = Path("reports")
+
+
+def run(params: DictConfig, workdir: Path) -> None:
+    configure_runtime(params.trainer, params.seed)
+    device = select_device(params.trainer)
+    processed = workdir / PROCESSED
+    dataset = read_msd(processed)
+    model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
+    checkpoint = torch.load(workdir / MODELS / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    train_run_id = json.loads((workdir / TRAIN_METRICS).read_text())["mlflow_run_id"]
+    names = list(dataset.foreground.values())
+
+    to_pred = AsDiscrete(argmax=True, to_onehot=dataset.num_classes)
+    to_label = AsDiscrete(to_onehot=dataset.num_classes)
+    dice = DiceMetric(include_background=False, reduction="none")
+    hausdorff = HausdorffDistanceMetric(
+        include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
+    )
+    rows = []
+    for index, batch in enumerate(eval_loader(params, processed, "test")):
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        logits = predict(model, images, params.patch_size, params.evaluate.overlap, params.trainer.amp)
+        predictions = [to_pred(item) for item in decollate_batch(logits)]
+        truths = [to_label(item) for item in decollate_batch(labels)]
+        case_dice = dice(predictions, truths)[0].tolist()
+        case_hd = hausdorff(predictions, truths, spacing=list(params.data.pixdim))[0].tolist()
+        name = batch["name"][0]
+        rows.append(
+            {"case": name}
+            | {f"dice_{n}": d for n, d in zip(names, case_dice)}
+            | {f"hd{params.evaluate.hd_percentile}_{n}": h for n, h in zip(names, case_hd)}
+        )
+        if index < params.evaluate.overlays:
+            save_overlay(
+                workdir / REPORTS / "overlays" / f"{name}.png",
+                images[0, 0].cpu().numpy(),
+                labels[0, 0].cpu().numpy(),
+                logits[0].argmax(0).cpu().numpy(),
+            )
+    metrics = _summarise(rows, names, params.evaluate.hd_percentile)
+
+    with tracking.start_run(
+        params, "evaluate", workdir, [params.data.dir, str(PROCESSED)], parent_run_id=train_run_id
+    ) as run:
+        mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
+        pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
+        mlflow.log_artifacts(str(workdir / REPORTS), "reports")
+        tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
+    log.info("Test dice_mean %.4f over %d cases; MLflow run %s", metrics["dice_mean"], len(rows), run.info.run_id)
+
+
+def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:
+    """Mean over cases per class, then over classes; NaN (empty masks) is left out and kept None."""
+    def mean(values: list[float]) -> float | None:
+        finite = [v for v in values if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else None
+
+    summary: dict[str, float | None] = {}
+    for prefix in ("dice", f"hd{percentile}"):
+        per_class = {f"{prefix}_{n}": mean([row[f"{prefix}_{n}"] for row in rows]) for n in names}
+        summary[f"{prefix}_mean"] = mean([v for v in per_class.values() if v is not None])
+        summary |= per_class
+    return summary
+

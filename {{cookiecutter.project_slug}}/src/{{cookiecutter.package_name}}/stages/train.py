@@ -1,0 +1,80 @@
+"""Stage train: fit the configured network on the training split; log it all to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from .. import tracking
+from ..loaders import eval_loader, train_loader
+from ..msd import read_msd
+from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
+from ..models import build_model
+from .preprocess import OUTPUT as PROCESSED
+
+log = logging.getLogger(__name__)
+
+MODELS = Path("models")
+METRICS = Path("metrics/train.json")
+PLOTS = Path("plots/train")
+
+
+def run(params: DictConfig, workdir: Path) -> None:
+    configure_runtime(params.trainer, params.seed)
+    device = select_device(params.trainer)
+    amp = params.trainer.amp
+    processed = workdir / PROCESSED
+    dataset = read_msd(processed)
+    model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
+    optimizer = instantiate(params.optimizer)(model.parameters(), lr=params.lr)
+    loss_fn = instantiate(params.loss)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    train_data = train_loader(params, processed)
+    val_data = eval_loader(params, processed, "val")
+
+    with tracking.start_run(params, "train", workdir, [params.data.dir, str(PROCESSED)]) as run:
+        losses, dices = [], []
+        best_dice, best_epoch = -1.0, 0
+        started = time.perf_counter()
+        for epoch in range(1, params.epochs + 1):
+            loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, device, amp)
+            losses.append({"epoch": epoch, "train_loss": loss})
+            mlflow.log_metric("train_loss", loss, step=epoch)
+            message = f"epoch {epoch}/{params.epochs} train_loss {loss:.4f}"
+            if epoch % params.train.val_every == 0 or epoch == params.epochs:
+                dice = validate(model, val_data, dataset.num_classes, params.patch_size, device, amp)
+                dices.append({"epoch": epoch, "val_dice": dice})
+                mlflow.log_metric("val_dice", dice, step=epoch)
+                message += f" val_dice {dice:.4f}"
+                if dice > best_dice:
+                    best_dice, best_epoch = dice, epoch
+                    save_checkpoint(workdir / MODELS / "best.pt", model=model.state_dict(), epoch=epoch)
+            log.info(message)
+        seconds = time.perf_counter() - started
+        save_checkpoint(
+            workdir / MODELS / "last.pt",
+            model=model.state_dict(), optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(), epoch=params.epochs,
+        )
+        summary = {
+            "best_val_dice": best_dice,
+            "best_epoch": best_epoch,
+            "final_train_loss": losses[-1]["train_loss"],
+            "train_seconds": round(seconds, 1),
+        }
+        mlflow.log_metrics(summary)
+        (workdir / PLOTS).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(losses).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
+        pd.DataFrame(dices).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
+        if params.tracking.log_model:
+            tracking.log_model(model, workdir / MODELS / "best.pt", dataset.in_channels, dataset.labels, params)
+        tracking.write_run_metrics(workdir / METRICS, run.info.run_id, summary)
+    log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
+

@@ -1,0 +1,131 @@
+"""The one place that starts an MLflow run, with the provenance contract as its tags."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig
+
+from . import provenance
+from .config import repo_root, resolved_params
+
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the repo's sqlite store by absolute path.
+
+    Absolute, because ``dvc exp run --queue`` runs stages in temporary copies of the repo
+    that are deleted afterwards; every copy must log to the same store.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    """Get or create the experiment, with artifacts under the repo root (not the cwd)."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=(root / ARTIFACTS_DIR).as_uri())
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str]) -> dict[str, str]:
+    tags = {
+        "git.commit": provenance.git_commit(workdir),
+        "git.dirty": str(provenance.git_dirty(workdir)).lower(),
+        "code.sha256": provenance.code_sha256(workdir),
+        "params.sha256": provenance.params_sha256(resolved_params(params)),
+        "seed": str(params.seed),
+        **provenance.environment(),
+    }
+    for name, md5 in provenance.data_md5s(workdir, data_paths).items():
+        tags[f"data.{name}.md5"] = md5
+    for tag, variable in (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
+
+
+@contextmanager
+def start_run(
+    params: DictConfig,
+    stage: str,
+    workdir: Path,
+    data_paths: list[str],
+    parent_run_id: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run for ``stage`` carrying params, provenance tags, config and package list."""
+    root = repo_root()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment_id = ensure_experiment(params.tracking.experiment_name, root)
+    tags = {"stage": stage, **provenance_tags(params, workdir, data_paths)}
+    if parent_run_id:
+        # A tag rather than start_run(parent_run_id=...): the parent has already finished.
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_name = f"{os.environ.get('DVC_EXP_NAME', 'workspace')}-{stage}"
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        tags=tags,
+        log_system_metrics=True,
+    ) as run:
+        resolved = resolved_params(params)
+        flat = pd.json_normalize(resolved, sep=".").iloc[0].to_dict()
+        mlflow.log_params({key: str(value) for key, value in flat.items()})
+        mlflow.log_dict(resolved, "config/params.yaml")
+        mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
+        yield run
+
+
+def write_run_metrics(path: Path, run_id: str, metrics: dict) -> None:
+    """The stage's DVC metrics file; its ``mlflow_run_id`` column links `dvc exp show` to MLflow.
+
+    DVC restores this file with the stage's other outputs from its run-cache, so a cached
+    stage still points at the run that produced its outputs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"mlflow_run_id": run_id, **metrics}, indent=2) + "\n")
+
+
+def log_model(
+    model: torch.nn.Module, checkpoint: Path, in_channels: int, labels: dict[int, str], params: DictConfig
+) -> None:
+    """Log the checkpoint's weights as an MLflow PyTorch model, with its I/O described.
+
+    Requirements are given explicitly: inferring them would re-import the model in a
+    subprocess, which costs more than the rest of the logging.
+    """
+    import mlflow.pytorch
+    import monai
+
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    model = model.cpu().eval()
+    example = np.zeros((1, in_channels, *params.patch_size), dtype=np.float32)
+    metadata = {
+        "input": f"float32 (batch, {in_channels}, *spatial), intensities scaled to [0, 1]",
+        "output": f"logits (batch, {len(labels)}, *spatial); argmax over channels gives labels",
+        "labels": {str(index): name for index, name in labels.items()},
+        "pixdim_mm": list(params.data.pixdim),
+        "orientation": params.data.orientation,
+        "patch_size": list(params.patch_size),
+    }
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=example,
+        metadata=metadata,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"],
+    )
