@@ -1,0 +1,25 @@
+# Sourced by .ci/demo and .ci/test: one virtualenv (.venv) with everything a baked project
+# needs, installed once and shared by every project the demo and the tests bake.
+set -euo pipefail
+TEMPLATE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$TEMPLATE_DIR/.venv}"
+PYTHON="${PYTHON:-python3}"
+export DVC_NO_ANALYTICS=1
+
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
+  echo "Creating $VENV (about 3 minutes)"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  # Installed first, so that the projects' plain `torch` requirement keeps this build.
+  # Set TORCH_SPEC (e.g. TORCH_SPEC=torch) to choose another build.
+  "$VENV/bin/pip" install --quiet "${TORCH_SPEC:-torch==2.13.0}"
+  "$VENV/bin/pip" install --quiet "cookiecutter>=2.6" "pytest>=8" "ruff>=0.5"
+  # The baked project's own dependencies, taken from a throwaway bake of its pyproject.toml.
+  scratch="$(mktemp -d)"
+  "$VENV/bin/cookiecutter" --no-input --output-dir "$scratch" "$TEMPLATE_DIR" data_remote=s3
+  "$VENV/bin/pip" install --quiet "$scratch/organ-segmentation[dev]"
+  "$VENV/bin/pip" uninstall --quiet --yes organ-segmentation
+  rm -rf "$scratch"
+  touch "$VENV/.complete"
+fi
+export PATH="$VENV/bin:$PATH"
