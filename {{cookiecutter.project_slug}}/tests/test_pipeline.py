@@ -20,7 +20,9 @@ CONTRACT_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "see
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
+    # DVC runs `python -m ...`: the interpreter running these tests must come first on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.setdefault("GIT_AUTHOR_NAME", "test")
     env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")
@@ -28,7 +30,8 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
     env.setdefault("GIT_COMMITTER_EMAIL", "test@example.org")
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{output}")
     return result
 
 

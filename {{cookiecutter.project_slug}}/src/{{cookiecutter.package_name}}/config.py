@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
 from .errors import UserError
 
@@ -52,7 +53,9 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     try:
         params = OmegaConf.load(path)
     except Exception as error:  # YAML parse errors come in several types
-        raise UserError(f"{path} is not valid YAML ({error}); recompose it with `dvc exp run`.")
+        raise UserError(f"{path} is not valid YAML ({error}); recompose it with `dvc exp run`.") from error
+    if not isinstance(params, DictConfig):
+        raise UserError(f"{path} must be a mapping of keys to values; recompose it with `dvc exp run`.")
     _check_fresh(params, workdir)
     _check_types(params, path)
     return params

@@ -43,7 +43,7 @@ def read_msd(root: Path) -> MsdDataset:
         spec = json.loads(path.read_text())
         labels = {int(index): str(name) for index, name in spec["labels"].items()}
         pairs = spec["training"]
-    except (json.JSONDecodeError, KeyError, AttributeError, ValueError) as error:
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
         raise UserError(
             f"{path} is not a valid MSD dataset.json ({error!r}); it needs `labels` "
             '({"0": "background", "1": "<name>", ...}) and `training` ([{"image", "label"}]).'
@@ -51,7 +51,9 @@ def read_msd(root: Path) -> MsdDataset:
     if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
         raise UserError(f"{path}: `labels` must be numbered 0..K with K >= 1, got {sorted(labels)}.")
     cases = []
-    for pair in pairs:
+    for index, pair in enumerate(pairs if isinstance(pairs, list) else [pairs]):
+        if not (isinstance(pair, dict) and all(isinstance(pair.get(key), str) for key in KEYS)):
+            raise UserError(f"{path}: training[{index}] needs `image` and `label` paths, got {pair!r}.")
         case = {key: str((root / pair[key]).resolve()) for key in KEYS}
         for key in KEYS:
             if not Path(case[key]).is_file():

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+
 from hydra_plugins.conf_fingerprint.hashing import sha256_of_files
 
 from .errors import UserError

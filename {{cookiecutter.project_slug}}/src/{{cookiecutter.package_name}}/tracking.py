@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
@@ -30,15 +31,31 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def ensure_experiment(name: str, root: Path) -> str:
-    """Get or create the experiment, with artifacts under the repo root (not the cwd)."""
+def connect(experiment_name: str, root: Path) -> str:
+    """Point MLflow at the store and return the experiment id, creating both when new.
+
+    Parallel stages (`dvc queue start -j N`) must not race here: several processes opening a
+    brand-new sqlite store crash in its schema migrations, and racing experiment creation can
+    put runs in "Default". A lock file beside the database serialises the first contact.
+    """
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        return _get_or_create_experiment(experiment_name, root)
+    database = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(f"{database}.lock"):
+        return _get_or_create_experiment(experiment_name, root)
+
+
+def _get_or_create_experiment(name: str, root: Path) -> str:
+    """The experiment by name; new ones keep artifacts under the repo root, not the cwd."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
         return client.create_experiment(name, artifact_location=(root / ARTIFACTS_DIR).as_uri())
-    except MlflowException:  # another process created it first
+    except MlflowException:  # created meanwhile by a process on another machine
         return client.get_experiment_by_name(name).experiment_id
 
 
@@ -68,9 +85,7 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run for ``stage`` carrying params, provenance tags, config and package list."""
-    root = repo_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = ensure_experiment(params.tracking.experiment_name, root)
+    experiment_id = connect(params.tracking.experiment_name, repo_root())
     tags = {"stage": stage, **provenance_tags(params, workdir, data_paths)}
     if parent_run_id:
         # A tag rather than start_run(parent_run_id=...): the parent has already finished.

@@ -12,6 +12,16 @@ from omegaconf import OmegaConf
 
 from .hashing import conf_sha256
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
-OmegaConf.register_new_resolver("conf_sha256", lambda: conf_sha256(CONF_DIR), replace=True)
+def _composed_conf_dir() -> Path:
+    """conf/ of the repository DVC composes in: the nearest ``.dvc`` above the cwd.
+
+    Not this file's location: the plugin may be imported from another checkout (an installed
+    copy, or the main workspace while DVC works in a temporary copy).
+    """
+    here = Path.cwd().resolve()
+    root = next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), here)
+    return root / "conf"
+
+
+OmegaConf.register_new_resolver("conf_sha256", lambda: conf_sha256(_composed_conf_dir()), replace=True)

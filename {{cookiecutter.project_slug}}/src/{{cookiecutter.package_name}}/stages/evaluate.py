@@ -16,10 +16,10 @@ from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
 from .. import tracking
-from ..loaders import eval_loader
-from ..msd import read_msd
 from ..engine import configure_runtime, predict, select_device
+from ..loaders import eval_loader
 from ..models import build_model
+from ..msd import read_msd
 from ..overlays import save_overlay
 from .preprocess import OUTPUT as PROCESSED
 from .train import METRICS as TRAIN_METRICS
@@ -60,8 +60,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         name = batch["name"][0]
         rows.append(
             {"case": name}
-            | {f"dice_{n}": d for n, d in zip(names, case_dice)}
-            | {f"hd{params.evaluate.hd_percentile}_{n}": h for n, h in zip(names, case_hd)}
+            | {f"dice_{n}": d for n, d in zip(names, case_dice, strict=True)}
+            | {f"hd{params.evaluate.hd_percentile}_{n}": h for n, h in zip(names, case_hd, strict=True)}
         )
         if index < params.evaluate.overlays:
             save_overlay(
@@ -79,7 +79,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
-    log.info("Test dice_mean %.4f over %d cases; MLflow run %s", metrics["dice_mean"], len(rows), run.info.run_id)
+    log.info("Test dice_mean %.4f on %d cases; MLflow run %s", metrics["dice_mean"], len(rows), run.info.run_id)
 
 
 def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:

@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 from omegaconf import DictConfig
 
+from ..errors import UserError
 from ..msd import SPLITS_FILE, read_msd, split_cases
 from ..transforms import preprocess_transforms
-from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

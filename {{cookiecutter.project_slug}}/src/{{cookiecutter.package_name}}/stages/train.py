@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .. import tracking
-from ..loaders import eval_loader, train_loader
-from ..msd import read_msd
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
+from ..loaders import eval_loader, train_loader
 from ..models import build_model
+from ..msd import read_msd
 from .preprocess import OUTPUT as PROCESSED
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         pd.DataFrame(losses).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
         pd.DataFrame(dices).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
         if params.tracking.log_model:
-            tracking.log_model(model, workdir / MODELS / "best.pt", dataset.in_channels, dataset.labels, params)
+            best = workdir / MODELS / "best.pt"
+            tracking.log_model(model, best, dataset.in_channels, dataset.labels, params)
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, summary)
     log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
 

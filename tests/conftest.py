@@ -1,0 +1,196 @@
+"""Shared helpers: bake the template, and run a baked project's real tools in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
+OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+DEFAULT_SLUG = "organ-segmentation"
+DEFAULT_PACKAGE = "organ_segmentation"
+# Where a subprocess failure's output is cut: enough to see the error and what led to it.
+TAIL_CHARS = 6000
+# Shrinks every stage to seconds; only the literal end-to-end test runs the defaults.
+TINY = (
+    "-S", "epochs=2",
+    "-S", "synthetic.num_cases=6",
+    "-S", "synthetic.size=32",
+    "-S", "patch_size=[32,32,32]",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: runs a baked project's DVC pipeline or its test suite")
+
+
+def project_env(project: Path, path_prefix: Path | None = None) -> dict[str, str]:
+    """Environment for a baked project's tools.
+
+    ``PYTHONPATH`` points at the project's ``src`` so that several baked projects share one
+    virtualenv without installing each. ``path_prefix`` (a ``bin`` folder) goes first on PATH.
+    """
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    bin_dirs = [str(Path(sys.executable).parent)]
+    if path_prefix is not None:
+        bin_dirs.insert(0, str(path_prefix))
+    env.update(
+        PATH=os.pathsep.join([*bin_dirs, env.get("PATH", "")]),
+        PYTHONPATH=str(project / "src"),
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="Template Tests",
+        GIT_AUTHOR_EMAIL="template-tests@example.org",
+        GIT_COMMITTER_NAME="Template Tests",
+        GIT_COMMITTER_EMAIL="template-tests@example.org",
+    )
+    return env
+
+
+def tail(text: str | None) -> str:
+    text = text or ""
+    return text if len(text) <= TAIL_CHARS else "...\n" + text[-TAIL_CHARS:]
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    command = shlex.join(str(part) for part in result.args)
+    return (
+        f"`{command}` exited with {result.returncode}\n"
+        f"--- stdout (tail) ---\n{tail(result.stdout)}\n--- stderr (tail) ---\n{tail(result.stderr)}"
+    )
+
+
+def run(
+    args: list[str | Path],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """Run a command; with ``check``, a non-zero exit fails the test with the output's tail."""
+    result = subprocess.run(
+        [str(part) for part in args],
+        cwd=cwd,
+        env=env if env is not None else project_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, describe(result)
+    return result
+
+
+def git(project: Path, *args: str) -> str:
+    return run(["git", *args], cwd=project).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cookiecutter config of our own: no replay files in $HOME, no user defaults."""
+    folder = tmp_path_factory.mktemp("cookiecutter-config")
+    config = folder / "config.yaml"
+    config.write_text(
+        f'cookiecutters_dir: "{folder / "cookiecutters"}"\nreplay_dir: "{folder / "replay"}"\n'
+    )
+    return config
+
+
+@pytest.fixture(scope="session")
+def git_isolation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
+    """Environment for bakes: no git identity or config of the machine, bytecode writes on.
+
+    The post-generation hook must then fall back to the author from cookiecutter.json, as it
+    does for a new student whose git has no identity yet. Bytecode writing is on because that
+    is how users run cookiecutter; a hook that leaves ``__pycache__`` behind shows up.
+    """
+    empty = tmp_path_factory.mktemp("git-config") / "gitconfig"
+    empty.write_text("")
+    changes: dict[str, str | None] = {
+        "GIT_CONFIG_GLOBAL": str(empty),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "PYTHONDONTWRITEBYTECODE": None,
+    }
+    for variable in ("AUTHOR", "COMMITTER"):
+        for field in ("NAME", "EMAIL"):
+            changes[f"GIT_{variable}_{field}"] = None
+    return changes
+
+
+@pytest.fixture(scope="session")
+def bake(cookiecutter_config: Path, git_isolation: dict[str, str | None]) -> Callable[..., Path]:
+    """``bake(output_dir, **answers)`` bakes the template without prompts; returns the project."""
+
+    def _bake(output_dir: Path, overwrite_if_exists: bool = False, **answers: str) -> Path:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in git_isolation.items():
+                if value is None:
+                    patch.delenv(name, raising=False)
+                else:
+                    patch.setenv(name, value)
+            project = cookiecutter(
+                str(TEMPLATE),
+                no_input=True,
+                output_dir=str(output_dir),
+                extra_context=answers,
+                config_file=str(cookiecutter_config),
+                overwrite_if_exists=overwrite_if_exists,
+            )
+        return Path(project)
+
+    return _bake
+
+
+@pytest.fixture(scope="session")
+def install_venv(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """``install_venv(project)``: a throwaway venv layered on this one, for `pip install -e`.
+
+    The layer sees every package of the test virtualenv (through a ``.pth`` file), so pip
+    finds the dependencies installed and only installs the project. The shared virtualenv
+    is left as it was. Returns the layer's ``bin`` folder.
+    """
+    import sysconfig
+
+    def _create(project: Path) -> Path:
+        venv = tmp_path_factory.mktemp("project-venv")
+        run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=project)
+        layer_python = venv / "bin" / "python"
+        site_packages = run(
+            [layer_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project
+        ).stdout.strip()
+        Path(site_packages, "_shared_test_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        return venv / "bin"
+
+    return _create
+
+
+def exp_show(project: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
+    """``dvc exp show --json`` as {experiment name: its data (params, metrics, deps, outs)}."""
+    entries = json.loads(run(["dvc", "exp", "show", "--json"], cwd=project, env=env).stdout)
+    experiments: dict[str, dict] = {}
+    for entry in entries:
+        for experiment in entry.get("experiments") or []:
+            for rev in experiment["revs"]:
+                name = rev.get("name") or experiment.get("name")
+                assert rev.get("error") is None, f"dvc exp show reports an error for {name}: {rev['error']}"
+                experiments[name] = rev["data"]
+    return experiments
+
+
+def params_of(data: dict) -> dict:
+    return data["params"]["params.yaml"]["data"]
+
+
+def metrics_of(data: dict, path: str) -> dict:
+    return data["metrics"][path]["data"]
+

@@ -1,0 +1,133 @@
+"""Device choice, seeding, and one real training step, validation and checkpoint on small volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PATCH = [16, 16, 16]
+
+
+def compose_conf(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def engine(package_module):
+    return package_module("engine")
+
+
+@pytest.fixture
+def user_error(package_module):
+    return package_module("errors").UserError
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_accelerator_gives_cpu(engine) -> None:
+    assert engine.select_device(compose_conf(["trainer=cpu"]).trainer) == torch.device("cpu")
+
+
+def test_auto_accelerator_follows_cuda_availability(engine) -> None:
+    device = engine.select_device(compose_conf(["trainer=auto"]).trainer)
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_invalid_accelerator_is_a_user_error(engine, user_error) -> None:
+    trainer = compose_conf(["trainer=cpu", "trainer.accelerator=tpu"]).trainer
+    with pytest.raises(user_error, match="trainer.accelerator"):
+        engine.select_device(trainer)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+def test_cuda_accelerator_without_gpu_is_a_user_error(engine, user_error) -> None:
+    with pytest.raises(user_error, match="no CUDA GPU"):
+        engine.select_device(compose_conf(["trainer=gpu"]).trainer)
+
+
+def test_configure_runtime_pins_threads_and_seeds(engine, restore_torch_threads) -> None:
+    trainer = OmegaConf.merge(compose_conf(["trainer=cpu"]).trainer, {"num_threads": 1})
+    engine.configure_runtime(trainer, seed=7)
+    assert torch.get_num_threads() == 1
+    first = torch.rand(4)
+    engine.configure_runtime(trainer, seed=7)
+    assert torch.equal(torch.rand(4), first)
+    engine.configure_runtime(trainer, seed=8)
+    assert not torch.equal(torch.rand(4), first)
+
+
+def small_setup(package_module, device: torch.device):
+    """A 2-class UNet, loss and optimizer from conf/, and one batch of cubes on ``device``."""
+    cfg = compose_conf(["model=unet", "trainer=cpu"])
+    torch.manual_seed(0)
+    model = package_module("models").build_model(cfg.model, 1, 2).to(device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters(), lr=cfg.lr)
+    loss_fn = instantiate(cfg.loss)
+    labels = torch.zeros(2, 1, *PATCH, dtype=torch.long)
+    labels[:, :, 4:12, 4:12, 4:12] = 1
+    images = labels.float() + 0.1 * torch.randn(labels.shape)
+    batch = {"image": images, "label": labels}
+    return model, optimizer, loss_fn, batch
+
+
+def test_train_one_epoch_updates_the_model_on_cpu(engine, package_module) -> None:
+    device = torch.device("cpu")
+    model, optimizer, loss_fn, batch = small_setup(package_module, device)
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = engine.train_one_epoch(model, [batch, batch], loss_fn, optimizer, scaler, device, amp=True)
+    assert isinstance(loss, float) and loss > 0
+    assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+
+
+def test_predict_and_validate_whole_volumes(engine, package_module) -> None:
+    device = torch.device("cpu")
+    model, _, _, batch = small_setup(package_module, device)
+    volume = {"image": batch["image"][:1, :, :, :, :12], "label": batch["label"][:1, :, :, :, :12]}
+    logits = engine.predict(model.eval(), volume["image"], PATCH, overlap=0.25, amp=False)
+    assert logits.shape == (1, 2, 16, 16, 12)
+    assert logits.dtype == torch.float32
+    dice = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, device=device, amp=False)
+    assert 0.0 <= dice <= 1.0
+
+
+def test_save_checkpoint_replaces_the_file_whole(engine, tmp_path: Path) -> None:
+    path = tmp_path / "models" / "best.pt"
+    engine.save_checkpoint(path, model={"w": torch.ones(2)}, epoch=1)
+    engine.save_checkpoint(path, model={"w": torch.zeros(2)}, epoch=2)
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.zeros(2))
+    assert [entry.name for entry in path.parent.iterdir()] == ["best.pt"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_amp_training_step_on_cuda(engine, package_module) -> None:
+    device = torch.device("cuda")
+    model, optimizer, loss_fn, batch = small_setup(package_module, device)
+    with engine.autocast(device, amp=True):
+        assert model(batch["image"].to(device)).dtype == torch.float16
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    scaler = torch.amp.GradScaler("cuda", enabled=True)
+    loss = engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, device, amp=True)
+    assert torch.isfinite(torch.tensor(loss))
+    assert scaler.get_scale() > 0
+    logits = engine.predict(model.eval(), batch["image"][:1].to(device), PATCH, overlap=0.25, amp=True)
+    assert logits.dtype == torch.float32 and logits.device.type == "cuda"
+    # The first step may be skipped if the initial loss scale overflows; two steps must move weights.
+    engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, device, amp=True)
+    assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
