@@ -33,8 +33,12 @@ def train_loader(params: DictConfig, processed: Path) -> ThreadDataLoader:
         [
             *load_transforms(),
             RandCropByPosNegLabeld(
-                keys=KEYS, label_key="label", spatial_size=tuple(params.patch_size),
-                pos=ratio, neg=1.0 - ratio, num_samples=params.train.samples_per_volume,
+                keys=KEYS,
+                label_key="label",
+                spatial_size=tuple(params.patch_size),
+                pos=ratio,
+                neg=1.0 - ratio,
+                num_samples=params.train.samples_per_volume,
                 allow_smaller=True,
             ),
             RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
@@ -42,7 +46,9 @@ def train_loader(params: DictConfig, processed: Path) -> ThreadDataLoader:
     )
     dataset = CacheDataset(processed_split(processed, "train"), transforms, progress=False)
     return ThreadDataLoader(
-        dataset, batch_size=params.batch_size, shuffle=True,
+        dataset,
+        batch_size=params.batch_size,
+        shuffle=True,
         num_workers=params.trainer.num_workers,
     )
 

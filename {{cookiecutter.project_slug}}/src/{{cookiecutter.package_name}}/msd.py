@@ -74,12 +74,9 @@ def split_cases(names: list[str], val_fraction: float, test_fraction: float, see
     n_val = max(1, round(len(names) * val_fraction))
     n_test = max(1, round(len(names) * test_fraction))
     if n_val + n_test >= len(names):
-        raise UserError(
-            f"data.val_fraction + data.test_fraction leave no training case out of {len(names)}."
-        )
+        raise UserError(f"data.val_fraction + data.test_fraction leave no training case out of {len(names)}.")
     return {
         "train": sorted(shuffled[n_val + n_test :]),
         "val": sorted(shuffled[:n_val]),
         "test": sorted(shuffled[n_val : n_val + n_test]),
     }
-

@@ -27,8 +27,12 @@ def preprocess_transforms(data: DictConfig) -> Compose:
             Orientationd(keys=KEYS, axcodes=data.orientation, labels=None),  # axes from the image's space
             Spacingd(keys=KEYS, pixdim=tuple(data.pixdim), mode=("bilinear", "nearest")),
             ScaleIntensityRanged(
-                keys="image", a_min=data.intensity.a_min, a_max=data.intensity.a_max,
-                b_min=0.0, b_max=1.0, clip=True,
+                keys="image",
+                a_min=data.intensity.a_min,
+                a_max=data.intensity.a_max,
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
             ),
             # LoadImage returns labels as float32; resampling may leave fractions.
             CastToTyped(keys=KEYS, dtype=(np.float32, np.uint8)),
@@ -42,4 +46,3 @@ def load_transforms() -> list:
         EnsureChannelFirstd(keys=KEYS),
         CastToTyped(keys="label", dtype=torch.long),
     ]
-

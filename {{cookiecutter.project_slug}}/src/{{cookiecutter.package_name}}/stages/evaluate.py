@@ -79,11 +79,12 @@ def run(params: DictConfig, workdir: Path) -> None:
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
-    log.info("Test dice_mean %.4f on %d cases; MLflow run %s", metrics["dice_mean"], len(rows), run.info.run_id)
+    log.info("Test dice_mean %.4f (%d cases), run %s", metrics["dice_mean"], len(rows), run.info.run_id)
 
 
 def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:
     """Mean over cases per class, then over classes; NaN (empty masks) is left out and kept None."""
+
     def mean(values: list[float]) -> float | None:
         finite = [v for v in values if math.isfinite(v)]
         return sum(finite) / len(finite) if finite else None
@@ -94,4 +95,3 @@ def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:
         summary[f"{prefix}_mean"] = mean([v for v in per_class.values() if v is not None])
         summary |= per_class
     return summary
-

@@ -41,7 +41,9 @@ def run(params: DictConfig, workdir: Path) -> None:
             nib.save(nib.Nifti1Image(array, affine), out / folder / f"{case['name']}.nii.gz")
     splits = split_cases(
         [case["name"] for case in source.cases],
-        params.data.val_fraction, params.data.test_fraction, params.seed,
+        params.data.val_fraction,
+        params.data.test_fraction,
+        params.seed,
     )
     (out / SPLITS_FILE).write_text(json.dumps(splits, indent=2) + "\n")
     dataset = {
@@ -56,7 +58,10 @@ def run(params: DictConfig, workdir: Path) -> None:
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     log.info(
         "Preprocessed %d cases from %s to %s: %s (data.*, seed)",
-        len(source.cases), params.data.dir, out, {k: len(v) for k, v in splits.items()},
+        len(source.cases),
+        params.data.dir,
+        out,
+        {k: len(v) for k, v in splits.items()},
     )
 
 

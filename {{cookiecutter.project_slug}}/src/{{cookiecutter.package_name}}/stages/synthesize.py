@@ -27,9 +27,15 @@ def run(params: DictConfig, workdir: Path) -> None:
     training = []
     for index in range(spec.num_cases):
         image, label = create_test_image_3d(
-            spec.size, spec.size, spec.size,
-            num_objs=spec.num_objects, rad_min=spec.radius[0], rad_max=spec.radius[1],
-            noise_max=spec.noise, num_seg_classes=spec.num_classes, random_state=random_state,
+            spec.size,
+            spec.size,
+            spec.size,
+            num_objs=spec.num_objects,
+            rad_min=spec.radius[0],
+            rad_max=spec.radius[1],
+            noise_max=spec.noise,
+            num_seg_classes=spec.num_classes,
+            random_state=random_state,
         )
         name = f"case_{index:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), out / "imagesTr" / name)

@@ -60,8 +60,10 @@ def run(params: DictConfig, workdir: Path) -> None:
         seconds = time.perf_counter() - started
         save_checkpoint(
             workdir / MODELS / "last.pt",
-            model=model.state_dict(), optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(), epoch=params.epochs,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            epoch=params.epochs,
         )
         summary = {
             "best_val_dice": best_dice,
@@ -78,4 +80,3 @@ def run(params: DictConfig, workdir: Path) -> None:
             tracking.log_model(model, best, dataset.in_channels, dataset.labels, params)
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, summary)
     log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
-
