@@ -54,6 +54,14 @@ def git_dirty(workdir: Path) -> bool:
     return bool(status)
 
 
+def experiment_commit(root: Path, exp_name: str | None) -> str | None:
+    """The commit DVC made for experiment ``exp_name`` (refs/exps/...), if it still exists."""
+    if not exp_name:
+        return None
+    refs = _git(root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines()
+    return next((sha for ref, sha in (line.split() for line in refs) if ref.endswith(f"/{exp_name}")), None)
+
+
 def data_md5s(workdir: Path, data_paths: list[str]) -> dict[str, str]:
     """md5 of each data folder exactly as ``dvc.lock`` or its ``.dvc`` file records it."""
     recorded = _recorded_md5s(workdir)
@@ -65,6 +73,23 @@ def data_md5s(workdir: Path, data_paths: list[str]) -> dict[str, str]:
             "DVC records their data."
         )
     return {Path(path).name: recorded[path] for path in data_paths}
+
+
+def dvc_md5(workdir: Path, data_path: str) -> str | None:
+    """md5 of a file or folder computed the way DVC computes it (``.dir`` for folders).
+
+    None when the path does not exist. DVC's state database makes this cheap for files
+    whose size and mtime are unchanged since DVC last hashed them.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    with Repo(str(workdir)) as repo:
+        path = repo.fs.join(repo.root_dir, data_path)
+        if not repo.fs.exists(path):
+            return None
+        _, _, obj = build(repo.cache.local, path, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+        return obj.hash_info.value
 
 
 def _recorded_md5s(workdir: Path) -> dict[str, str]:
@@ -95,7 +120,18 @@ def environment() -> dict[str, str]:
         "env.cuda": torch.version.cuda or "none",
         "env.cudnn": str(torch.backends.cudnn.version()) if cuda else "none",
         "env.gpu": torch.cuda.get_device_name(0) if cuda else "none",
+        "env.gpu_driver": _gpu_driver() if cuda else "none",
     }
+
+
+def _gpu_driver() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception:  # no NVML library: the version is unknown, not an error
+        return "unknown"
 
 
 def package_list() -> str:

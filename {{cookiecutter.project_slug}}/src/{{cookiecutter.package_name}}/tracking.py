@@ -7,19 +7,24 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
-import numpy as np
 import pandas as pd
-import torch
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from . import provenance
 from .config import repo_root, resolved_params
+from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported only by the stages that log a model
+    import torch
 
 ARTIFACTS_DIR = "mlartifacts"
+# Set by `reproduce` for the stages it re-runs; becomes the run's `reproduces` tag.
+REPRODUCES_VARIABLE = "REPRODUCES_RUN_ID"
 
 
 def tracking_uri(root: Path) -> str:
@@ -40,11 +45,22 @@ def connect(experiment_name: str, root: Path) -> str:
     """
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        return _get_or_create_experiment(experiment_name, root)
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold the lock file beside a sqlite store (``<db>.lock``) for a read-then-write on it.
+
+    Other stores are shared across machines, where a local lock file would protect nothing;
+    there the body runs unlocked.
+    """
     if not uri.startswith("sqlite:///"):
-        return _get_or_create_experiment(experiment_name, root)
-    database = Path(uri.removeprefix("sqlite:///"))
-    with FileLock(f"{database}.lock"):
-        return _get_or_create_experiment(experiment_name, root)
+        yield
+        return
+    with FileLock(f"{uri.removeprefix('sqlite:///')}.lock"):
+        yield
 
 
 def _get_or_create_experiment(name: str, root: Path) -> str:
@@ -66,11 +82,17 @@ def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str]) ->
         "code.sha256": provenance.code_sha256(workdir),
         "params.sha256": provenance.params_sha256(resolved_params(params)),
         "seed": str(params.seed),
+        # false trades bitwise repeatability for speed (cudnn.benchmark); see trainer.deterministic
+        "deterministic": str(params.trainer.deterministic).lower(),
         **provenance.environment(),
     }
     for name, md5 in provenance.data_md5s(workdir, data_paths).items():
         tags[f"data.{name}.md5"] = md5
-    for tag, variable in (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV")):
+    for tag, variable in (
+        ("dvc.exp_name", "DVC_EXP_NAME"),
+        ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),
+        ("reproduces", REPRODUCES_VARIABLE),
+    ):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     return tags
@@ -125,6 +147,8 @@ def log_model(
     """
     import mlflow.pytorch
     import monai
+    import numpy as np
+    import torch
 
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     model = model.cpu().eval()
@@ -144,3 +168,15 @@ def log_model(
         metadata=metadata,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"],
     )
+
+
+def get_run(run_id: str) -> mlflow.entities.Run:
+    """A run from the project's store, or a UserError that says where it looked."""
+    uri = tracking_uri(repo_root())
+    try:
+        return mlflow.MlflowClient(uri).get_run(run_id)
+    except MlflowException as error:
+        raise UserError(
+            f"MLflow run {run_id} is not in {uri} ({error.message}); "
+            "set MLFLOW_TRACKING_URI if the run was logged elsewhere."
+        ) from error

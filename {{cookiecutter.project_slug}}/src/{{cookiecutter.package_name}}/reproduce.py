@@ -1,0 +1,155 @@
+"""``reproduce``: rebuild a run's inputs in a temporary git worktree, re-run its stage, compare.
+
+The workspace is not touched: the run's commit is checked out in a worktree that shares the
+DVC cache, its params are restored from the run, and its data are checked out by the md5s
+the run recorded (from the cache, or pulled from the remote).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import yaml
+from omegaconf import OmegaConf
+
+from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+
+from . import provenance
+from .config import FINGERPRINT_KEY, PARAMS_FILE
+from .errors import UserError
+from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
+
+# What each stage reads, checked out at the versions the run recorded.
+STAGE_INPUTS = {"train": ["data/processed"], "evaluate": ["data/processed", "models", "metrics/train.json"]}
+METRICS_FILES = {"train": "metrics/train.json", "evaluate": "metrics/evaluate.json"}
+# Prefix the evaluate stage puts on test metrics in MLflow (they are bare in its JSON file).
+MLFLOW_PREFIX = {"train": "", "evaluate": "test_"}
+
+
+def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
+    """Re-run ``run_id``'s stage from its recorded inputs; print a table; True if they agree."""
+    run = get_run(run_id)
+    tags = run.data.tags
+    stage = tags.get("stage")
+    if stage not in STAGE_INPUTS:
+        raise UserError(f"Run {run_id} has stage {stage!r}; only train and evaluate runs can be reproduced.")
+    if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
+        tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
+    commit = provenance.experiment_commit(root, tags.get("dvc.exp_name")) or tags["git.commit"]
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
+        worktree = Path(scratch) / "worktree"
+        _git(root, "worktree", "add", "--detach", str(worktree), commit)
+        try:
+            _restore_params(worktree, run_id, tags["params.sha256"])
+            data = [t.removeprefix("data.").removesuffix(".md5") for t in tags if t.startswith("data.")]
+            _pin_md5s(root, worktree, {f"data/{name}": tags[f"data.{name}.md5"] for name in data})
+            _checkout(worktree, STAGE_INPUTS[stage])
+            print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {worktree}")
+            _dvc(
+                worktree,
+                "repro",
+                "--force",
+                "--single-item",
+                stage,
+                extra_env={
+                    "MLFLOW_TRACKING_URI": tracking_uri(root),
+                    REPRODUCES_VARIABLE: run_id,
+                },
+                echo=True,
+            )
+            reproduced = json.loads((worktree / METRICS_FILES[stage]).read_text())
+        finally:
+            _git(root, "worktree", "remove", "--force", str(worktree))
+    recorded = {
+        key.removeprefix(MLFLOW_PREFIX[stage]): value
+        for key, value in run.data.metrics.items()
+        if key.startswith(MLFLOW_PREFIX[stage]) and key.removeprefix(MLFLOW_PREFIX[stage]) in reproduced
+    }
+    return _print_table(recorded, reproduced, tolerance, reproduced.get("mlflow_run_id"))
+
+
+def _restore_params(worktree: Path, run_id: str, recorded_sha256: str) -> None:
+    """params.yaml from the run's logged config, fingerprinted against the worktree's conf/."""
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="config/params.yaml", dst_path=str(worktree.parent)
+    )
+    params = yaml.safe_load(Path(logged).read_text())
+    if provenance.params_sha256(params) != recorded_sha256:
+        raise UserError(f"The params logged with run {run_id} do not hash to its params.sha256.")
+    params[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
+    (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
+
+
+def _pin_md5s(root: Path, worktree: Path, md5s: dict[str, str]) -> None:
+    """Point the worktree's dvc.lock and .dvc files at the recorded md5s (and the shared cache)."""
+    _dvc(worktree, "cache", "dir", "--local", str(root / ".dvc" / "cache"))
+    lock_path = worktree / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else {"schema": "2.0", "stages": {}}
+    for stage in lock.get("stages", {}).values():
+        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+            if entry["path"] in md5s:
+                entry["md5"] = md5s[entry["path"]]
+    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    for path, md5 in md5s.items():
+        dvc_file = worktree / f"{path}.dvc"
+        if dvc_file.is_file():
+            spec = yaml.safe_load(dvc_file.read_text())
+            spec["outs"][0]["md5"] = md5
+            dvc_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def _checkout(worktree: Path, paths: list[str]) -> None:
+    """`dvc checkout` from the shared cache, else `dvc pull` from the remote, else explain."""
+    for path in paths:
+        if (worktree / path).exists() and not (worktree / path).is_dir():
+            continue  # a git-tracked file such as metrics/train.json
+        if _dvc(worktree, "checkout", path, check=False).returncode == 0:
+            continue
+        if _dvc(worktree, "pull", path, check=False).returncode != 0:
+            raise UserError(
+                f"Input {path} of this run is in neither the DVC cache nor the remote. "
+                f"Fetch it where it was produced (`dvc push` there, then `dvc pull {path}` here), "
+                "or re-run the experiment to rebuild it."
+            )
+
+
+def _print_table(recorded: dict, reproduced: dict, tolerance: float, new_run_id: str | None) -> bool:
+    rule = "bitwise" if tolerance == 0 else f"|difference| <= {tolerance}"
+    print(f"\n{'metric':<28}{'recorded':>22}{'reproduced':>22}  agree ({rule})")
+    agree = True
+    for key in sorted(recorded):
+        old, new = float(recorded[key]), float(reproduced[key])
+        same = old == new or (tolerance > 0 and math.isclose(old, new, abs_tol=tolerance))
+        agree &= same
+        print(f"{key:<28}{old!r:>22}{new!r:>22}  {'yes' if same else 'NO'}")
+    if not recorded:
+        raise UserError("The run recorded none of the metrics its stage writes; nothing to compare.")
+    print(f"\nReproduced as MLflow run {new_run_id}: " + ("metrics agree." if agree else "metrics DIFFER."))
+    return agree
+
+
+def _git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"`git {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _dvc(
+    cwd: Path, *args: str, check: bool = True, extra_env: dict | None = None, echo: bool = False
+) -> subprocess.CompletedProcess:
+    # The worktree's own code must run, not the workspace's installed package.
+    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), **(extra_env or {})}
+    env.pop("DVC_ROOT", None)
+    command = [sys.executable, "-m", "dvc", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=not echo)
+    if check and result.returncode != 0:
+        raise UserError(f"`dvc {' '.join(args)}` failed in {cwd}:\n{result.stderr or ''}")
+    return result

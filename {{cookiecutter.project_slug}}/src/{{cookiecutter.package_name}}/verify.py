@@ -1,0 +1,89 @@
+"""``verify``: recompute a run's provenance in the current workspace and compare, item by item."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import provenance
+from .config import load_params, resolved_params
+from .errors import UserError
+from .tracking import get_run
+
+# Where a stage writes the id of the MLflow run that produced the workspace's outputs.
+RUN_ID_FILES = ("metrics/evaluate.json", "metrics/train.json")
+
+
+@dataclass(frozen=True)
+class Check:
+    item: str
+    recorded: str
+    current: str
+
+    @property
+    def matches(self) -> bool:
+        return self.recorded == self.current
+
+    def line(self) -> str:
+        if self.matches:
+            return f"  match     {self.item:<24} {self.current}"
+        return f"  MISMATCH  {self.item:<24} recorded {self.recorded} != now {self.current}"
+
+
+def latest_run_id(workdir: Path) -> str:
+    """The run behind the workspace's outputs, from the stages' DVC metrics files."""
+    for name in RUN_ID_FILES:
+        path = workdir / name
+        if path.is_file():
+            return json.loads(path.read_text())["mlflow_run_id"]
+    raise UserError(f"No {' or '.join(RUN_ID_FILES)} here: run `dvc exp run` or pass a run id.")
+
+
+def provenance_checks(tags: dict[str, str], workdir: Path) -> list[Check]:
+    """Recompute git state, code, params and each recorded data md5 in ``workdir``."""
+    params = resolved_params(load_params(workdir))
+    checks = [
+        Check("git.commit", tags.get("git.commit", "?"), provenance.git_commit(workdir)),
+        Check("git.dirty", tags.get("git.dirty", "?"), str(provenance.git_dirty(workdir)).lower()),
+        Check("code.sha256", tags.get("code.sha256", "?"), provenance.code_sha256(workdir)),
+        Check("params.sha256", tags.get("params.sha256", "?"), provenance.params_sha256(params)),
+    ]
+    for tag in sorted(t for t in tags if t.startswith("data.") and t.endswith(".md5")):
+        data_path = f"data/{tag.removeprefix('data.').removesuffix('.md5')}"
+        current = provenance.dvc_md5(workdir, data_path) or f"missing ({data_path}; try `dvc pull`)"
+        checks.append(Check(tag, tags[tag], current))
+    return checks
+
+
+def environment_warnings(tags: dict[str, str]) -> list[str]:
+    """Versions that differ from the run's: worth knowing, but not a provenance failure."""
+    current = {
+        "env.python": platform.python_version(),
+        "env.torch": metadata.version("torch"),
+        "env.monai": metadata.version("monai"),
+    }
+    return [
+        f"  warning   {tag:<24} recorded {tags[tag]}, now {value}"
+        for tag, value in current.items()
+        if tag in tags and tags[tag] != value
+    ]
+
+
+def verify(run_id: str | None, workdir: Path) -> bool:
+    """Print one line per item; True when every item matches."""
+    run_id = run_id or latest_run_id(workdir)
+    tags = get_run(run_id).data.tags
+    experiment = tags.get("dvc.exp_name", "no DVC experiment")
+    print(f"Verifying MLflow run {run_id} ({tags.get('stage', '?')}, {experiment})")
+    checks = provenance_checks(tags, workdir)
+    for check in checks:
+        print(check.line())
+    for warning in environment_warnings(tags):
+        print(warning)
+    mismatches = sum(not check.matches for check in checks)
+    summary = f"{len(checks) - mismatches} of {len(checks)} items match"
+    print(summary + (f", {mismatches} MISMATCH" if mismatches else ""))
+    return mismatches == 0
