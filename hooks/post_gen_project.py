@@ -8,6 +8,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 PROJECT = Path.cwd()
@@ -28,6 +29,7 @@ def fingerprint_conf() -> None:
     hashing_file = PROJECT / "src" / "hydra_plugins" / "conf_fingerprint" / "hashing.py"
     spec = importlib.util.spec_from_file_location("conf_fingerprint_hashing", hashing_file)
     hashing = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the baked project
     spec.loader.exec_module(hashing)
     params = PROJECT / "params.yaml"
     fingerprint = hashing.conf_sha256(PROJECT / "conf")

@@ -22,15 +22,21 @@ DEFAULT_PACKAGE = "organ_segmentation"
 TAIL_CHARS = 6000
 # Shrinks every stage to seconds; only the literal end-to-end test runs the defaults.
 TINY = (
-    "-S", "epochs=2",
-    "-S", "synthetic.num_cases=6",
-    "-S", "synthetic.size=32",
-    "-S", "patch_size=[32,32,32]",
+    "-S",
+    "epochs=2",
+    "-S",
+    "synthetic.num_cases=6",
+    "-S",
+    "synthetic.size=32",
+    "-S",
+    "patch_size=[32,32,32]",
 )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: runs a baked project's DVC pipeline or its test suite")
+    config.addinivalue_line(
+        "markers", "slow: runs a baked project's DVC pipeline or its test suite"
+    )
 
 
 def project_env(project: Path, path_prefix: Path | None = None) -> dict[str, str]:
@@ -79,6 +85,7 @@ def run(
     """Run a command; with ``check``, a non-zero exit fails the test with the output's tail."""
     result = subprocess.run(
         [str(part) for part in args],
+        check=False,
         cwd=cwd,
         env=env if env is not None else project_env(cwd),
         capture_output=True,
@@ -127,10 +134,14 @@ def git_isolation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | N
 
 
 @pytest.fixture(scope="session")
-def bake(cookiecutter_config: Path, git_isolation: dict[str, str | None]) -> Callable[..., Path]:
+def bake(
+    cookiecutter_config: Path, git_isolation: dict[str, str | None]
+) -> Callable[..., Path]:
     """``bake(output_dir, **answers)`` bakes the template without prompts; returns the project."""
 
-    def _bake(output_dir: Path, overwrite_if_exists: bool = False, **answers: str) -> Path:
+    def _bake(
+        output_dir: Path, overwrite_if_exists: bool = False, **answers: str
+    ) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         with pytest.MonkeyPatch.context() as patch:
             for name, value in git_isolation.items():
@@ -166,9 +177,16 @@ def install_venv(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], P
         run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=project)
         layer_python = venv / "bin" / "python"
         site_packages = run(
-            [layer_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project
+            [
+                layer_python,
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            cwd=project,
         ).stdout.strip()
-        Path(site_packages, "_shared_test_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        Path(site_packages, "_shared_test_venv.pth").write_text(
+            sysconfig.get_paths()["purelib"] + "\n"
+        )
         return venv / "bin"
 
     return _create
@@ -176,13 +194,17 @@ def install_venv(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], P
 
 def exp_show(project: Path, env: dict[str, str] | None = None) -> dict[str, dict]:
     """``dvc exp show --json`` as {experiment name: its data (params, metrics, deps, outs)}."""
-    entries = json.loads(run(["dvc", "exp", "show", "--json"], cwd=project, env=env).stdout)
+    entries = json.loads(
+        run(["dvc", "exp", "show", "--json"], cwd=project, env=env).stdout
+    )
     experiments: dict[str, dict] = {}
     for entry in entries:
         for experiment in entry.get("experiments") or []:
             for rev in experiment["revs"]:
                 name = rev.get("name") or experiment.get("name")
-                assert rev.get("error") is None, f"dvc exp show reports an error for {name}: {rev['error']}"
+                assert rev.get("error") is None, (
+                    f"dvc exp show reports an error for {name}: {rev['error']}"
+                )
                 experiments[name] = rev["data"]
     return experiments
 
@@ -193,4 +215,3 @@ def params_of(data: dict) -> dict:
 
 def metrics_of(data: dict, path: str) -> dict:
     return data["metrics"][path]["data"]
-

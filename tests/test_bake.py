@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import sys
@@ -9,10 +10,17 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import (
+    DEFAULT_PACKAGE,
+    DEFAULT_SLUG,
+    OPTIONS,
+    TEMPLATE_PROJECT,
+    git,
+    project_env,
+    run,
+)
 from cookiecutter.exceptions import FailedHookException
 from dvc.config import Config
-
-from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, OPTIONS, TEMPLATE_PROJECT, git, project_env, run
 
 try:
     import tomllib
@@ -20,7 +28,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CHOICES = {name: value for name, value in OPTIONS.items() if isinstance(value, list)}
-COMBINATIONS = [dict(zip(CHOICES, values)) for values in itertools.product(*CHOICES.values())]
+COMBINATIONS = [
+    dict(zip(CHOICES, values, strict=True))
+    for values in itertools.product(*CHOICES.values())
+]
 TEMPLATE_SYNTAX = re.compile(rb"\{\{|\{%|\{#")
 # GitHub Actions expressions (`${{ matrix.x }}`) are meant to stay in workflow files.
 ACTIONS_EXPRESSION = re.compile(rb"\$\{\{")
@@ -37,11 +48,13 @@ COMPOSE = (
 
 
 def load_hashing(project: Path) -> types.ModuleType:
-    """The baked project's hashing module, loaded by path without writing bytecode."""
+    """The baked project's hashing module, loaded by path without writing bytecode into it."""
     path = project / "src" / "hydra_plugins" / "conf_fingerprint" / "hashing.py"
-    module = types.ModuleType("baked_conf_hashing")
-    module.__file__ = str(path)
-    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
+    spec = importlib.util.spec_from_file_location("baked_conf_hashing", path)
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "dont_write_bytecode", True)
+        spec.loader.exec_module(module)
     return module
 
 
@@ -53,7 +66,9 @@ def expected_paths(package: str, license_: str, ci_workflow: str) -> set[str]:
         relative = relative.replace("{{cookiecutter.package_name}}", package)
         if license_ == "none" and relative == "LICENSE":
             continue
-        if ci_workflow == "none" and (relative == ".github" or relative.startswith(".github/")):
+        if ci_workflow == "none" and (
+            relative == ".github" or relative.startswith(".github/")
+        ):
             continue
         paths.add(relative)
     return paths
@@ -73,7 +88,9 @@ def conf_fingerprint(project: Path) -> str:
 
 
 def params_fingerprint(project: Path) -> str:
-    match = re.search(r"(?m)^conf_sha256: (\S+)$", (project / "params.yaml").read_text())
+    match = re.search(
+        r"(?m)^conf_sha256: (\S+)$", (project / "params.yaml").read_text()
+    )
     assert match, "params.yaml has no conf_sha256 line"
     return match.group(1)
 
@@ -82,7 +99,9 @@ def assert_one_clean_commit(project: Path) -> None:
     assert (project / ".git").is_dir(), "the baked project is not a git repository"
     assert git(project, "rev-list", "--count", "HEAD") == "1"
     status = git(project, "status", "--porcelain", "--untracked-files=all")
-    assert status == "", f"the baked project is not clean after its first commit:\n{status}"
+    assert status == "", (
+        f"the baked project is not clean after its first commit:\n{status}"
+    )
 
 
 def assert_no_template_syntax(project: Path) -> None:
@@ -92,9 +111,13 @@ def assert_no_template_syntax(project: Path) -> None:
         if relative.startswith(".github/workflows/"):
             content = ACTIONS_EXPRESSION.sub(b"", content)
         if TEMPLATE_SYNTAX.search(content):
-            lines = [line for line in content.splitlines() if TEMPLATE_SYNTAX.search(line)]
+            lines = [
+                line for line in content.splitlines() if TEMPLATE_SYNTAX.search(line)
+            ]
             leftovers.append(f"{relative}: {lines[:3]}")
-    assert not leftovers, "unrendered Jinja in the baked project:\n" + "\n".join(leftovers)
+    assert not leftovers, "unrendered Jinja in the baked project:\n" + "\n".join(
+        leftovers
+    )
 
 
 def assert_data_remote(project: Path, data_remote: str) -> None:
@@ -113,9 +136,13 @@ def assert_pyproject(project: Path, answers: dict[str, str]) -> None:
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     assert pyproject["name"] == DEFAULT_SLUG
     assert pyproject["requires-python"] == f">={answers['python_version']}"
-    dvc_requirements = [req for req in pyproject["dependencies"] if re.match(r"dvc\b", req)]
+    dvc_requirements = [
+        req for req in pyproject["dependencies"] if re.match(r"dvc\b", req)
+    ]
     expected = "dvc[s3]" if answers["data_remote"] == "s3" else "dvc>="
-    assert len(dvc_requirements) == 1 and dvc_requirements[0].startswith(expected), dvc_requirements
+    assert len(dvc_requirements) == 1 and dvc_requirements[0].startswith(expected), (
+        dvc_requirements
+    )
     if answers["license"] == "none":
         assert "license" not in pyproject
     else:
@@ -131,17 +158,25 @@ def assert_license(project: Path, license_: str) -> None:
     assert LICENSE_HEADINGS[license_] in text
     assert OPTIONS["author_name"] in text
     others = [heading for name, heading in LICENSE_HEADINGS.items() if name != license_]
-    assert not any(heading in text for heading in others), f"LICENSE mixes licenses:\n{text[:300]}"
+    assert not any(heading in text for heading in others), (
+        f"LICENSE mixes licenses:\n{text[:300]}"
+    )
 
 
 @pytest.mark.parametrize(
-    "answers", COMBINATIONS, ids=["-".join(combination.values()) for combination in COMBINATIONS]
+    "answers",
+    COMBINATIONS,
+    ids=["-".join(combination.values()) for combination in COMBINATIONS],
 )
-def test_every_combination_bakes_exactly_the_template(bake, tmp_path: Path, answers: dict[str, str]) -> None:
+def test_every_combination_bakes_exactly_the_template(
+    bake, tmp_path: Path, answers: dict[str, str]
+) -> None:
     project = bake(tmp_path, **answers)
 
     assert project == tmp_path / DEFAULT_SLUG
-    expected = expected_paths(DEFAULT_PACKAGE, answers["license"], answers["ci_workflow"])
+    expected = expected_paths(
+        DEFAULT_PACKAGE, answers["license"], answers["ci_workflow"]
+    )
     actual = baked_paths(project)
     assert actual == expected, (
         f"unexpected: {sorted(actual - expected)}; missing: {sorted(expected - actual)}"
@@ -166,7 +201,11 @@ def test_every_combination_bakes_exactly_the_template(bake, tmp_path: Path, answ
     [
         ({}, DEFAULT_SLUG, DEFAULT_PACKAGE),
         ({"project_name": "Liver Tumour_Seg"}, "liver-tumour-seg", "liver_tumour_seg"),
-        ({"project_slug": "kidney-ct", "package_name": "kidneys"}, "kidney-ct", "kidneys"),
+        (
+            {"project_slug": "kidney-ct", "package_name": "kidneys"},
+            "kidney-ct",
+            "kidneys",
+        ),
     ],
     ids=["default", "from-project-name", "explicit-names"],
 )
@@ -180,10 +219,12 @@ def test_params_yaml_is_what_dvc_composes(
 
     composed = tmp_path / "composed.yaml"
     env = project_env(project)
-    env.pop("PYTHONPATH")  # as DVC runs it: the plugin is found through plugins_path alone
+    # As DVC runs it: the plugin is found through plugins_path alone.
+    env.pop("PYTHONPATH")
     run(
         [sys.executable, "-c", COMPOSE, composed, project / "conf", project / "src"],
-        cwd=project, env=env,
+        cwd=project,
+        env=env,
     )
     assert composed.read_text() == (project / "params.yaml").read_text()
     assert f"experiment_name: {slug}\n" in composed.read_text()
@@ -204,7 +245,8 @@ def test_composed_fingerprint_is_of_this_projects_conf(bake, tmp_path: Path) -> 
     env["PYTHONPATH"] = str(first / "src")
     run(
         [sys.executable, "-c", COMPOSE, composed, second / "conf", second / "src"],
-        cwd=second, env=env,
+        cwd=second,
+        env=env,
     )
     assert composed.read_text() == (second / "params.yaml").read_text(), (
         "the conf_sha256 resolver fingerprinted another project's conf/"
@@ -220,12 +262,27 @@ def test_composed_fingerprint_is_of_this_projects_conf(bake, tmp_path: Path) -> 
         ({"package_name": "torch"}, "would shadow the module"),
         ({"package_name": "json"}, "would shadow the module"),
         ({"data_remote": "s3", "data_remote_url": "/srv/dvc"}, "must start with s3://"),
-        ({"data_remote": "local", "data_remote_url": " "}, "give the folder DVC should push data to"),
+        (
+            {"data_remote": "local", "data_remote_url": " "},
+            "give the folder DVC should push data to",
+        ),
     ],
-    ids=["slug", "package-digit", "package-keyword", "package-torch", "package-stdlib", "s3-url", "local-url"],
+    ids=[
+        "slug",
+        "package-digit",
+        "package-keyword",
+        "package-torch",
+        "package-stdlib",
+        "s3-url",
+        "local-url",
+    ],
 )
 def test_invalid_answers_are_refused_before_anything_is_written(
-    bake, tmp_path: Path, capfd: pytest.CaptureFixture[str], answers: dict[str, str], allowed: str
+    bake,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    answers: dict[str, str],
+    allowed: str,
 ) -> None:
     output_dir = tmp_path / "out"
     with pytest.raises(FailedHookException):
@@ -243,13 +300,16 @@ def test_bake_inside_a_git_repo_makes_no_nested_repo(bake, tmp_path: Path) -> No
 
     assert not (project / ".git").exists()
     assert Path(git(project, "rev-parse", "--show-toplevel")) == outer.resolve()
-    assert run(["git", "rev-parse", "--verify", "HEAD"], cwd=outer, check=False).returncode != 0, (
-        "the hook committed into the surrounding repository"
-    )
+    assert (
+        run(["git", "rev-parse", "--verify", "HEAD"], cwd=outer, check=False).returncode
+        != 0
+    ), "the hook committed into the surrounding repository"
     assert params_fingerprint(project) == conf_fingerprint(project)
 
 
-def test_rebake_over_a_baked_project_keeps_one_clean_commit(bake, tmp_path: Path) -> None:
+def test_rebake_over_a_baked_project_keeps_one_clean_commit(
+    bake, tmp_path: Path
+) -> None:
     answers = {"license": "none", "ci_workflow": "none", "data_remote": "local"}
     project = bake(tmp_path, **answers)
     first_commit = git(project, "rev-parse", "HEAD")
@@ -262,17 +322,26 @@ def test_rebake_over_a_baked_project_keeps_one_clean_commit(bake, tmp_path: Path
     assert baked_paths(project) == expected_paths(DEFAULT_PACKAGE, "none", "none")
 
 
-def test_cookiecutter_cli_reports_the_refusal(tmp_path: Path, cookiecutter_config: Path) -> None:
+def test_cookiecutter_cli_reports_the_refusal(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
     """The command users type: a non-zero exit, the rule on stderr, no folder left behind.
 
     (cookiecutter itself logs a traceback of its FailedHookException; that is not ours.)
     """
     result = run(
         [
-            Path(sys.executable).parent / "cookiecutter", "--no-input", "--config-file", cookiecutter_config,
-            "--output-dir", tmp_path, TEMPLATE_PROJECT.parent, "package_name=1bad",
+            Path(sys.executable).parent / "cookiecutter",
+            "--no-input",
+            "--config-file",
+            cookiecutter_config,
+            "--output-dir",
+            tmp_path,
+            TEMPLATE_PROJECT.parent,
+            "package_name=1bad",
         ],
-        cwd=tmp_path, check=False,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode != 0
     assert "package_name '1bad' is invalid" in result.stderr, result.stderr

@@ -16,9 +16,17 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import (
+    DEFAULT_PACKAGE,
+    DEFAULT_SLUG,
+    exp_show,
+    git,
+    metrics_of,
+    params_of,
+    project_env,
+    run,
+)
 from mlflow.entities import Run
-
-from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, exp_show, git, metrics_of, params_of, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -35,40 +43,63 @@ class Experiments:
     layer_bin: Path
     seconds: dict[str, float]  # wall time of each `dvc exp run`, by command line
     shown: dict[str, dict]  # `dvc exp show` data, by experiment name
+    class_names: list[str]  # foreground classes of the synthetic dataset.json
 
     @property
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.project / 'mlflow.db'}"
 
     def named(self, lr: float) -> tuple[str, dict]:
-        matches = [(name, data) for name, data in self.shown.items() if params_of(data)["lr"] == lr]
-        assert len(matches) == 1, f"expected one experiment with lr={lr}: {sorted(self.shown)}"
+        matches = [
+            (name, data)
+            for name, data in self.shown.items()
+            if params_of(data)["lr"] == lr
+        ]
+        assert len(matches) == 1, (
+            f"expected one experiment with lr={lr}: {sorted(self.shown)}"
+        )
         return matches[0]
 
 
 def readme_install_command(project: Path) -> list[str]:
-    lines = [line.split("#")[0].strip() for line in (project / "README.md").read_text().splitlines()]
+    lines = [
+        line.split("#")[0].strip()
+        for line in (project / "README.md").read_text().splitlines()
+    ]
     commands = [line for line in lines if line.startswith("pip install -e")]
     assert commands, "the README names no `pip install -e` command"
     return shlex.split(commands[0])
 
 
 @pytest.fixture(scope="module")
-def experiments(bake, install_venv, tmp_path_factory: pytest.TempPathFactory) -> Experiments:
+def experiments(
+    bake, install_venv, tmp_path_factory: pytest.TempPathFactory
+) -> Experiments:
     project = bake(tmp_path_factory.mktemp("end-to-end"))
     layer_bin = install_venv(project)
     env = project_env(project, path_prefix=layer_bin)
     command = readme_install_command(project)
     assert command == ["pip", "install", "-e", ".[dev]"]
     run([layer_bin / "python", "-m", *command], cwd=project, env=env)
-    assert git(project, "status", "--porcelain") == "", "the install left files for git to commit"
+    assert git(project, "status", "--porcelain") == "", (
+        "the install left files for git to commit"
+    )
 
     seconds = {}
-    for args in (["dvc", "exp", "run"], ["dvc", "exp", "run", "-S", f"lr={SECOND_LR:g}"]):
+    for args in (
+        ["dvc", "exp", "run"],
+        ["dvc", "exp", "run", "-S", f"lr={SECOND_LR:g}"],
+    ):
         started = time.perf_counter()
         run(args, cwd=project, env=env)
         seconds[shlex.join(args)] = time.perf_counter() - started
-    return Experiments(project, env, layer_bin, seconds, exp_show(project, env))
+    labels = json.loads((project / "data" / "synthetic" / "dataset.json").read_text())[
+        "labels"
+    ]
+    class_names = [name for index, name in labels.items() if index != "0"]
+    return Experiments(
+        project, env, layer_bin, seconds, exp_show(project, env), class_names
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +118,28 @@ def runs(experiments: Experiments, client: mlflow.MlflowClient) -> dict[str, Run
 
 def run_ids(data: dict) -> tuple[str, str]:
     """(train run id, evaluate run id) of one experiment, from its DVC metrics."""
-    return metrics_of(data, TRAIN_METRICS)["mlflow_run_id"], metrics_of(data, EVALUATE_METRICS)["mlflow_run_id"]
+    train = metrics_of(data, TRAIN_METRICS)["mlflow_run_id"]
+    evaluate = metrics_of(data, EVALUATE_METRICS)["mlflow_run_id"]
+    return train, evaluate
 
 
 def lock_md5(project: Path, path: str) -> str:
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    md5s = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    md5s = {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
     return md5s[path]
 
 
-def download(experiments: Experiments, run_id: str, artifact: str, tmp_path: Path) -> str:
+def download(
+    experiments: Experiments, run_id: str, artifact: str, tmp_path: Path
+) -> str:
     local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=artifact, dst_path=str(tmp_path / run_id),
+        run_id=run_id,
+        artifact_path=artifact,
+        dst_path=str(tmp_path / run_id),
         tracking_uri=experiments.tracking_uri,
     )
     return Path(local).read_text()
@@ -108,22 +149,31 @@ def test_readme_install_makes_the_package_importable(experiments: Experiments) -
     env = dict(experiments.env)
     env.pop("PYTHONPATH")
     result = run(
-        [experiments.layer_bin / "python", "-c", f"import {DEFAULT_PACKAGE}; print({DEFAULT_PACKAGE}.__file__)"],
-        cwd=experiments.project.parent, env=env,
+        [
+            experiments.layer_bin / "python",
+            "-c",
+            f"import {DEFAULT_PACKAGE}; print({DEFAULT_PACKAGE}.__file__)",
+        ],
+        cwd=experiments.project.parent,
+        env=env,
     )
     assert Path(result.stdout.strip()).is_relative_to(experiments.project / "src")
 
 
-def test_both_experiments_are_shown_with_params_and_metrics(experiments: Experiments) -> None:
+def test_both_experiments_are_shown_with_params_and_metrics(
+    experiments: Experiments,
+) -> None:
     assert len(experiments.shown) == 2, sorted(experiments.shown)
-    labels = json.loads((experiments.project / "data" / "synthetic" / "dataset.json").read_text())["labels"]
-    names = [name for index, name in labels.items() if index != "0"]
     for lr in (DEFAULT_LR, SECOND_LR):
         _, data = experiments.named(lr)
         assert metrics_of(data, TRAIN_METRICS)["mlflow_run_id"]
         evaluation = metrics_of(data, EVALUATE_METRICS)
         expected = {"mlflow_run_id", "dice_mean", "hd95_mean"}
-        expected |= {f"{metric}_{name}" for metric in ("dice", "hd95") for name in names}
+        expected |= {
+            f"{metric}_{name}"
+            for metric in ("dice", "hd95")
+            for name in experiments.class_names
+        }
         assert expected <= set(evaluation), sorted(evaluation)
         assert 0.0 <= evaluation["dice_mean"] <= 1.0
 
@@ -136,28 +186,40 @@ def test_default_experiment_keeps_the_dice_promise(
             print(f"\n  `{command}` took {seconds:.0f} s", end="")
     _, data = experiments.named(DEFAULT_LR)
     dice = metrics_of(data, EVALUATE_METRICS)["dice_mean"]
-    assert dice >= PROMISED_DICE, f"default experiment's test dice_mean {dice:.3f} < {PROMISED_DICE}"
+    assert dice >= PROMISED_DICE, (
+        f"default experiment's test dice_mean {dice:.3f} < {PROMISED_DICE}"
+    )
 
 
 def test_runs_in_mlflow_are_exactly_the_runs_in_exp_show(
     experiments: Experiments, runs: dict[str, Run]
 ) -> None:
-    shown_ids = {run_id for data in experiments.shown.values() for run_id in run_ids(data)}
+    shown_ids = {
+        run_id for data in experiments.shown.values() for run_id in run_ids(data)
+    }
     assert set(runs) == shown_ids
     for name, data in experiments.shown.items():
         train_id, evaluate_id = run_ids(data)
         assert runs[train_id].data.tags["stage"] == "train"
-        assert runs[evaluate_id].data.tags["mlflow.parentRunId"] == train_id, f"{name}: evaluate not nested"
+        assert runs[evaluate_id].data.tags["mlflow.parentRunId"] == train_id, (
+            f"{name}: evaluate not nested"
+        )
     assert all(run_.info.status == "FINISHED" for run_ in runs.values())
 
 
-def test_every_run_carries_the_provenance_contract(experiments: Experiments, runs: dict[str, Run]) -> None:
+def test_every_run_carries_the_provenance_contract(
+    experiments: Experiments, runs: dict[str, Run]
+) -> None:
     project = experiments.project
     head = git(project, "rev-parse", "HEAD")
-    data_md5 = {name: lock_md5(project, f"data/{name}") for name in ("synthetic", "processed")}
+    data_md5 = {
+        name: lock_md5(project, f"data/{name}") for name in ("synthetic", "processed")
+    }
     params_hashes = {}
     for name, data in experiments.shown.items():
-        params = {key: value for key, value in params_of(data).items() if key != "conf_sha256"}
+        params = {
+            key: value for key, value in params_of(data).items() if key != "conf_sha256"
+        }
         canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
         for run_id in run_ids(data):
             tags = runs[run_id].data.tags
@@ -166,7 +228,9 @@ def test_every_run_carries_the_provenance_contract(experiments: Experiments, run
             assert tags["git.dirty"] == "false", where
             assert HEX64.fullmatch(tags["code.sha256"]), where
             assert HEX64.fullmatch(tags["params.sha256"]), where
-            assert tags["params.sha256"] == hashlib.sha256(canonical.encode()).hexdigest(), where
+            assert (
+                tags["params.sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+            ), where
             assert tags["seed"] == str(params["seed"]), where
             assert tags["dvc.exp_name"] == name, where
             assert tags["dvc.baseline_rev"] == head, where
@@ -174,13 +238,20 @@ def test_every_run_carries_the_provenance_contract(experiments: Experiments, run
                 assert tags[f"data.{folder}.md5"] == md5, where
                 assert data["outs"][f"data/{folder}"]["hash"] == md5, where
             params_hashes.setdefault(name, set()).add(tags["params.sha256"])
-    assert len({run_.data.tags["code.sha256"] for run_ in runs.values()}) == 1, "one code, several hashes"
+    assert len({run_.data.tags["code.sha256"] for run_ in runs.values()}) == 1, (
+        "one code, several hashes"
+    )
     assert all(len(hashes) == 1 for hashes in params_hashes.values()), params_hashes
-    assert len(set.union(*params_hashes.values())) == 2, "both experiments have the same params.sha256"
+    assert len(set.union(*params_hashes.values())) == 2, (
+        "both experiments have the same params.sha256"
+    )
 
 
 def test_runs_log_params_curves_model_and_artifacts(
-    experiments: Experiments, runs: dict[str, Run], client: mlflow.MlflowClient, tmp_path: Path
+    experiments: Experiments,
+    runs: dict[str, Run],
+    client: mlflow.MlflowClient,
+    tmp_path: Path,
 ) -> None:
     experiment_id = client.get_experiment_by_name(DEFAULT_SLUG).experiment_id
     models = client.search_logged_models(experiment_ids=[experiment_id])
@@ -190,20 +261,35 @@ def test_runs_log_params_curves_model_and_artifacts(
         train_id, evaluate_id = run_ids(data)
         for run_id in (train_id, evaluate_id):
             logged = runs[run_id].data.params
-            assert float(logged["lr"]) == lr and logged["epochs"] == str(params["epochs"]), name
+            assert float(logged["lr"]) == lr and logged["epochs"] == str(
+                params["epochs"]
+            ), name
             assert logged["model.net._target_"] == params["model"]["net"]["_target_"]
             assert "conf_sha256" not in logged
             config = download(experiments, run_id, "config/params.yaml", tmp_path)
-            resolved = {key: value for key, value in params.items() if key != "conf_sha256"}
-            assert yaml.safe_load(config) == resolved, f"{name}: config/params.yaml is not the params"
-            packages = download(experiments, run_id, "environment/requirements.txt", tmp_path)
-            assert all(f"\n{package}==" in f"\n{packages.lower()}" for package in ("torch", "monai", "mlflow"))
+            resolved = {
+                key: value for key, value in params.items() if key != "conf_sha256"
+            }
+            assert yaml.safe_load(config) == resolved, (
+                f"{name}: config/params.yaml is not the params"
+            )
+            packages = download(
+                experiments, run_id, "environment/requirements.txt", tmp_path
+            )
+            assert all(
+                f"\n{package}==" in f"\n{packages.lower()}"
+                for package in ("torch", "monai", "mlflow")
+            )
 
         history = client.get_metric_history(train_id, "train_loss")
-        assert [metric.step for metric in sorted(history, key=lambda m: m.step)] == list(
-            range(1, params["epochs"] + 1)
-        ), f"{name}: train_loss is not logged once per epoch"
-        assert [model.source_run_id for model in models].count(train_id) == 1, f"{name}: no logged model"
+        assert [
+            metric.step for metric in sorted(history, key=lambda m: m.step)
+        ] == list(range(1, params["epochs"] + 1)), (
+            f"{name}: train_loss is not logged once per epoch"
+        )
+        assert [model.source_run_id for model in models].count(train_id) == 1, (
+            f"{name}: no logged model"
+        )
         assert [model.source_run_id for model in models].count(evaluate_id) == 0
 
 
@@ -221,7 +307,13 @@ def test_stale_params_yaml_is_refused(
         result = run(["dvc", "repro"], cwd=project, env=experiments.env, check=False)
     finally:
         config.write_text(original)
-    assert result.returncode != 0, f"`dvc repro` accepted a stale params.yaml\n{result.stdout[-2000:]}"
-    assert "stale" in result.stderr and "dvc exp run" in result.stderr, result.stderr[-2000:]
+    assert result.returncode != 0, (
+        f"`dvc repro` accepted a stale params.yaml\n{result.stdout[-2000:]}"
+    )
+    assert "stale" in result.stderr and "dvc exp run" in result.stderr, result.stderr[
+        -2000:
+    ]
     experiment_id = client.get_experiment_by_name(DEFAULT_SLUG).experiment_id
-    assert len(client.search_runs([experiment_id], max_results=1000)) == len(runs), "a stale run was logged"
+    assert len(client.search_runs([experiment_id], max_results=1000)) == len(runs), (
+        "a stale run was logged"
+    )

@@ -12,13 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-
 from conftest import DEFAULT_SLUG, TINY, git, run
 
 pytestmark = pytest.mark.slow
 
 LABELS = {"0": "background", "1": "liver", "2": "tumour"}
-SHAPE = (40, 40, 24)  # voxels; 36 slices after resampling to data.pixdim, more than the patch's 32
+# Voxels: 36 slices after resampling to data.pixdim, more than the patch's 32.
+SHAPE = (40, 40, 24)
 SPACING = (1.5, 1.5, 3.0)  # mm, anisotropic like most CT
 NUM_CASES = 6
 
@@ -33,22 +33,42 @@ def write_msd(root: Path, shape: tuple[int, int, int] = SHAPE, seed: int = 0) ->
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir(parents=True)
     affine = np.diag([*SPACING, 1.0])
-    millimetres = np.indices(shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
+    millimetres = (
+        np.indices(shape).astype(np.float32)
+        * np.array(SPACING, np.float32)[:, None, None, None]
+    )
     extent = np.array(shape) * np.array(SPACING)
     training = []
     for index in range(NUM_CASES):
         liver_centre = extent / 2 + rng.uniform(-4, 4, 3)
         tumour_centre = liver_centre + rng.uniform(-5, 5, 3)
         radii = rng.uniform(14, 20, 3)
-        in_liver = sum(((millimetres[axis] - liver_centre[axis]) / radii[axis]) ** 2 for axis in range(3)) <= 1
-        in_tumour = sum((millimetres[axis] - tumour_centre[axis]) ** 2 for axis in range(3)) <= 6.0**2
+        in_liver = (
+            sum(
+                ((millimetres[axis] - liver_centre[axis]) / radii[axis]) ** 2
+                for axis in range(3)
+            )
+            <= 1
+        )
+        in_tumour = (
+            sum((millimetres[axis] - tumour_centre[axis]) ** 2 for axis in range(3))
+            <= 6.0**2
+        )
         label = np.zeros(shape, np.uint8)
         label[in_liver] = 1
         label[in_liver & in_tumour] = 2
         image = np.choose(label, [-100.0, 60.0, 140.0]) + rng.normal(0, 20, shape)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" / case_name(index))
+        nib.save(
+            nib.Nifti1Image(image.astype(np.float32), affine),
+            root / "imagesTr" / case_name(index),
+        )
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / case_name(index))
-        training.append({"image": f"./imagesTr/{case_name(index)}", "label": f"./labelsTr/{case_name(index)}"})
+        training.append(
+            {
+                "image": f"./imagesTr/{case_name(index)}",
+                "label": f"./labelsTr/{case_name(index)}",
+            }
+        )
     dataset = {
         "name": "TinyLiver",
         "tensorImageSize": "3D",
@@ -83,21 +103,31 @@ def test_msd_data_trains_with_its_class_names_and_is_traced(msd_project: Path) -
     run_msd(msd_project)
 
     metrics = json.loads((msd_project / "metrics" / "evaluate.json").read_text())
-    expected = {f"{metric}_{name}" for metric in ("dice", "hd95") for name in ("liver", "tumour", "mean")}
+    expected = {
+        f"{metric}_{name}"
+        for metric in ("dice", "hd95")
+        for name in ("liver", "tumour", "mean")
+    }
     assert expected <= set(metrics), sorted(metrics)
 
     params = yaml.safe_load((msd_project / "params.yaml").read_text())
     processed = nib.load(msd_project / "data" / "processed" / "imagesTr" / case_name(0))
-    assert processed.header.get_zooms()[:3] == pytest.approx(params["data"]["pixdim"]), (
-        "preprocess did not resample to data.pixdim"
-    )
+    assert processed.header.get_zooms()[:3] == pytest.approx(
+        params["data"]["pixdim"]
+    ), "preprocess did not resample to data.pixdim"
 
-    raw_md5 = yaml.safe_load((msd_project / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
-    train_run_id = json.loads((msd_project / "metrics" / "train.json").read_text())["mlflow_run_id"]
+    raw_md5 = yaml.safe_load((msd_project / "data" / "raw.dvc").read_text())["outs"][0][
+        "md5"
+    ]
+    train_run_id = json.loads((msd_project / "metrics" / "train.json").read_text())[
+        "mlflow_run_id"
+    ]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{msd_project / 'mlflow.db'}")
     train_run = client.get_run(train_run_id)
     assert train_run.data.tags["data.raw.md5"] == raw_md5
-    assert "data.synthetic.md5" not in train_run.data.tags, "data=msd does not read data/synthetic"
+    assert "data.synthetic.md5" not in train_run.data.tags, (
+        "data=msd does not read data/synthetic"
+    )
     experiment = client.get_experiment_by_name(DEFAULT_SLUG)
     assert train_run.info.experiment_id == experiment.experiment_id
 
@@ -108,7 +138,10 @@ def test_volumes_thinner_than_the_patch_train(bake, tmp_path: Path) -> None:
     write_msd(project / "data" / "raw", shape=(40, 40, 20))
     add_raw_data(project)
     run_msd(project)
-    assert json.loads((project / "metrics" / "evaluate.json").read_text())["dice_liver"] is not None
+    assert (
+        json.loads((project / "metrics" / "evaluate.json").read_text())["dice_liver"]
+        is not None
+    )
 
 
 def test_corrupt_image_is_named_without_a_traceback(msd_project: Path) -> None:
@@ -134,7 +167,13 @@ def test_label_outside_dataset_json_is_named(msd_project: Path) -> None:
 
     result = run_msd(msd_project, check=False)
 
-    assert result.returncode != 0, "a label value missing from dataset.json was accepted"
-    named = [line for line in result.stderr.splitlines() if f"labelsTr/{case_name(2)}" in line]
+    assert result.returncode != 0, (
+        "a label value missing from dataset.json was accepted"
+    )
+    named = [
+        line
+        for line in result.stderr.splitlines()
+        if f"labelsTr/{case_name(2)}" in line
+    ]
     assert any(re.search(r"\b5\b", line) for line in named), result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests: the project root and its package, found by name at run time.
+"""Shared fixtures: the project root and its package (found by name at run time), and for the
+end-to-end tests a way to run commands as DVC stages see them in a copy of this project.
 
 The package name is discovered from ``src/`` rather than written here, so that these tests
 carry no template variables and run unchanged in every baked project.
@@ -7,6 +8,10 @@ carry no template variables and run unchanged in every baked project.
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +19,8 @@ from types import ModuleType
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Small enough for a CPU CI job; the real defaults live in conf/.
+TINY = ("epochs=2", "synthetic.num_cases=6", "synthetic.size=32", "patch_size=[32,32,32]")
 
 
 def _package_name() -> str:
@@ -47,3 +54,60 @@ def package_module(pkg: ModuleType) -> Callable[[str], ModuleType]:
         return importlib.import_module(f"{pkg.__name__}.{name}")
 
     return load
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    # DVC runs `python -m ...`: the interpreter running these tests must come first on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.org")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{output}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def run() -> Callable[..., subprocess.CompletedProcess]:
+    """``run(args, cwd, check=True)``: a command with the stages' environment; fails the test on error.
+
+    The copy's ``src/`` is on PYTHONPATH and ``MLFLOW_TRACKING_URI`` is dropped, so that each
+    copy logs to its own ``mlflow.db``.
+    """
+    return _run
+
+
+@pytest.fixture(scope="session")
+def copy_project() -> Callable[[Path], Path]:
+    """``copy_project(parent)``: this project's working tree (tracked and new files) as a fresh
+    git repo under ``parent``, committed, so that the copy is clean for ``git.dirty``."""
+
+    def copy(parent: Path) -> Path:
+        target = parent / PROJECT_ROOT.name
+        listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+        for name in _run(listing, PROJECT_ROOT).stdout.split():
+            if (PROJECT_ROOT / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(PROJECT_ROOT / name, target / name)
+        _run(["git", "init", "--quiet"], target)
+        _run(["git", "add", "--all"], target)
+        _run(["git", "commit", "--quiet", "-m", "copy"], target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def exp_run() -> Callable[..., subprocess.CompletedProcess]:
+    """``exp_run(workspace, *overrides)``: `dvc exp run` on tiny data, plus ``-S`` overrides."""
+
+    def exp_run(workspace: Path, *overrides: str) -> subprocess.CompletedProcess:
+        sets = [arg for override in (*TINY, *overrides) for arg in ("-S", override)]
+        return _run([sys.executable, "-m", "dvc", "exp", "run", *sets], workspace)
+
+    return exp_run

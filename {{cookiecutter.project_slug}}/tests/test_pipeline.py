@@ -3,52 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[1]
-# Small enough for a CPU CI job; the real defaults live in conf/.
-TINY = ["epochs=2", "synthetic.num_cases=6", "synthetic.size=32", "patch_size=[32,32,32]"]
 CONTRACT_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "seed", "dvc.exp_name")
-
-
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    # DVC runs `python -m ...`: the interpreter running these tests must come first on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.setdefault("GIT_AUTHOR_NAME", "test")
-    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")
-    env.setdefault("GIT_COMMITTER_NAME", "test")
-    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.org")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{output}")
-    return result
+Run = Callable[..., subprocess.CompletedProcess]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This project's working tree (tracked and new files) as a fresh git repo."""
-    target = tmp_path_factory.mktemp("pipeline") / PROJECT.name
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], PROJECT).stdout.split()
-    for name in files:
-        if (PROJECT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT / name, target / name)
-    run(["git", "init", "--quiet"], target)
-    run(["git", "add", "--all"], target)
-    run(["git", "commit", "--quiet", "-m", "copy"], target)
-    sets = [arg for override in TINY for arg in ("-S", override)]
-    run([sys.executable, "-m", "dvc", "exp", "run", *sets], target)
+def workspace(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable, exp_run: Run) -> Path:
+    """A copy of this project after one tiny `dvc exp run`."""
+    target = copy_project(tmp_path_factory.mktemp("pipeline"))
+    exp_run(target)
     return target
 
 
@@ -66,7 +38,7 @@ def test_pipeline_writes_metrics_linked_to_mlflow(workspace: Path) -> None:
 
 
 @pytest.mark.slow
-def test_runs_carry_the_provenance_contract(workspace: Path) -> None:
+def test_runs_carry_the_provenance_contract(workspace: Path, run: Run) -> None:
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     recorded = {
         entry["path"]: entry["md5"]
@@ -88,7 +60,7 @@ def test_runs_carry_the_provenance_contract(workspace: Path) -> None:
 
 
 @pytest.mark.slow
-def test_stale_params_are_refused(workspace: Path) -> None:
+def test_stale_params_are_refused(workspace: Path, run: Run) -> None:
     config = workspace / "conf/config.yaml"
     original = config.read_text()
     config.write_text(original.replace("epochs: 20", "epochs: 3"))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from monai.data import CacheDataset, ThreadDataLoader
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 from omegaconf import DictConfig
 
 from .msd import KEYS, SPLITS_FILE
@@ -32,6 +32,8 @@ def train_loader(params: DictConfig, processed: Path) -> ThreadDataLoader:
     transforms = Compose(
         [
             *load_transforms(),
+            # Volumes thinner than the patch are padded, so that every crop has patch_size.
+            SpatialPadd(keys=KEYS, spatial_size=tuple(params.patch_size)),
             RandCropByPosNegLabeld(
                 keys=KEYS,
                 label_key="label",
@@ -39,7 +41,6 @@ def train_loader(params: DictConfig, processed: Path) -> ThreadDataLoader:
                 pos=ratio,
                 neg=1.0 - ratio,
                 num_samples=params.train.samples_per_volume,
-                allow_smaller=True,
             ),
             RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
         ]

@@ -52,11 +52,14 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
             _pin_md5s(root, worktree, {f"data/{name}": tags[f"data.{name}.md5"] for name in data})
             _checkout(worktree, STAGE_INPUTS[stage])
             print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {worktree}")
+            # --no-commit keeps the re-run out of DVC's run-cache, where it would stand in for
+            # the original run when a later experiment restores these outputs.
             _dvc(
                 worktree,
                 "repro",
                 "--force",
                 "--single-item",
+                "--no-commit",
                 stage,
                 extra_env={
                     "MLFLOW_TRACKING_URI": tracking_uri(root),

@@ -15,7 +15,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
-from .. import tracking
+from .. import registry, tracking
 from ..engine import configure_runtime, predict, select_device
 from ..loaders import eval_loader
 from ..models import build_model
@@ -78,6 +78,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
+        registry.register(params, train_run_id, run.info.run_id, metrics)
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
     log.info("Test dice_mean %.4f (%d cases), run %s", metrics["dice_mean"], len(rows), run.info.run_id)
 

@@ -1,0 +1,202 @@
+"""verify, reproduce, sync, the run-cache and parallel queue runs, on a copy of this project.
+
+Each hash is shown to move alone: a voxel moves only the data hash, a param only the params
+hash, a line of stage code only the code hash (and git.dirty), and an unused file nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import pytest
+import yaml
+
+from conftest import TINY
+
+PROJECT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cli(run):
+    """``cli(workspace, *args)``: this project's command line in a copy; never fails the test."""
+
+    def call(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+        package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
+        return run([sys.executable, "-m", package, *args], workspace, check=False)
+
+    return call
+
+
+def mismatches(result: subprocess.CompletedProcess) -> set[str]:
+    return {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("MISMATCH")}
+
+
+def client_for(workspace: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+
+
+def run_id(workspace: Path, stage: str) -> str:
+    return json.loads((workspace / f"metrics/{stage}.json").read_text())["mlflow_run_id"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, copy_project, exp_run) -> Path:
+    target = copy_project(tmp_path_factory.mktemp("tools"))
+    exp_run(target)
+    return target
+
+
+def test_verify_matches_the_workspace_run(workspace: Path, cli) -> None:
+    started = time.perf_counter()
+    result = cli(workspace, "verify")
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("match")}
+    assert {"git.commit", "code.sha256", "params.sha256", "data.processed.md5"} <= checked
+    print(f"verify took {seconds:.1f} s")
+
+
+def test_one_voxel_changes_only_the_data_hash(workspace: Path, cli, run) -> None:
+    case = workspace / "data/synthetic/imagesTr/case_000.nii.gz"
+    image = nib.load(case)
+    voxels = image.get_fdata().astype("float32")
+    voxels[0, 0, 0] += 1.0
+    nib.save(nib.Nifti1Image(voxels, image.affine), case)
+    try:
+        result = cli(workspace, "verify")
+        assert result.returncode == 1
+        assert mismatches(result) == {"data.synthetic.md5"}
+    finally:
+        run([sys.executable, "-m", "dvc", "checkout", "--force", "data/synthetic"], workspace)
+
+
+def test_one_param_changes_only_the_params_hash(workspace: Path, cli) -> None:
+    params = workspace / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("lr: 0.002", "lr: 0.003"))
+    try:
+        result = cli(workspace, "verify")
+        assert result.returncode == 1
+        assert mismatches(result) == {"params.sha256"}
+    finally:
+        params.write_text(original)
+
+
+def test_one_line_of_stage_code_changes_only_the_code_hash(workspace: Path, cli) -> None:
+    stage = next((workspace / "src").glob("*/stages/evaluate.py"))
+    original = stage.read_text()
+    stage.write_text(original + "\n# one more line\n")
+    try:
+        result = cli(workspace, "verify")
+        assert result.returncode == 1
+        assert mismatches(result) == {"code.sha256", "git.dirty"}
+    finally:
+        stage.write_text(original)
+
+
+def test_a_file_no_stage_uses_changes_nothing(workspace: Path, cli) -> None:
+    readme = workspace / "README.md"
+    original = readme.read_text()
+    readme.write_text(original + "\nA note.\n")
+    try:
+        result = cli(workspace, "verify")
+        assert result.returncode == 0, result.stdout
+        assert mismatches(result) == set()
+    finally:
+        readme.write_text(original)
+
+
+def test_environment_difference_is_a_warning_not_a_failure(workspace: Path, cli) -> None:
+    client = client_for(workspace)
+    evaluate_run = run_id(workspace, "evaluate")
+    recorded = client.get_run(evaluate_run).data.tags["env.torch"]
+    client.set_tag(evaluate_run, "env.torch", "0.0.1")
+    try:
+        result = cli(workspace, "verify")
+        assert result.returncode == 0
+        assert any(line.split()[:2] == ["warning", "env.torch"] for line in result.stdout.splitlines())
+    finally:
+        client.set_tag(evaluate_run, "env.torch", recorded)
+
+
+def test_runs_record_environment_and_determinism(workspace: Path) -> None:
+    client = client_for(workspace)
+    train = client.get_run(run_id(workspace, "train"))
+    for tag in ("env.python", "env.torch", "env.cuda", "env.cudnn", "env.monai", "env.gpu", "env.gpu_driver"):
+        assert train.data.tags[tag]
+    assert train.data.tags["deterministic"] == "true"
+    packages = client.download_artifacts(train.info.run_id, "environment/requirements.txt")
+    assert "torch==" in Path(packages).read_text()
+
+
+def test_reproduce_gives_bitwise_equal_metrics_on_cpu(workspace: Path, cli, run) -> None:
+    for stage in ("train", "evaluate"):
+        result = cli(workspace, "reproduce", run_id(workspace, stage))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "agree (bitwise)" in result.stdout and "metrics agree" in result.stdout
+    assert run(["git", "status", "--porcelain", "--", "src", "conf", "dvc.yaml"], workspace).stdout == ""
+    assert "reproduce-" not in run(["git", "worktree", "list"], workspace).stdout
+
+
+def test_reproduce_names_a_missing_input(workspace: Path, cli) -> None:
+    cache, hidden = workspace / ".dvc/cache", workspace / ".dvc/cache-hidden"
+    cache.rename(hidden)
+    try:
+        result = cli(workspace, "reproduce", run_id(workspace, "train"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        hidden.rename(cache)
+    assert result.returncode == 2
+    assert "data/processed" in result.stderr and "dvc pull" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_cache_restores_point_at_the_original_runs(workspace: Path, exp_run) -> None:
+    client = client_for(workspace)
+    experiment = client.get_run(run_id(workspace, "train")).info.experiment_id
+    first = {stage: run_id(workspace, stage) for stage in ("train", "evaluate")}
+    exp_run(workspace, "lr=0.001")
+    count = len(client.search_runs([experiment]))
+    exp_run(workspace, "lr=0.002")  # same inputs as the first experiment: DVC restores both stages
+    assert {stage: run_id(workspace, stage) for stage in ("train", "evaluate")} == first
+    assert len(client.search_runs([experiment])) == count
+
+
+def test_sync_tags_runs_with_their_experiment_commit(workspace: Path, cli, run) -> None:
+    assert cli(workspace, "sync").returncode == 0
+    refs = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], workspace).stdout
+    commits = {ref.rsplit("/", 1)[-1]: sha for ref, sha in (line.split() for line in refs.splitlines())}
+    client = client_for(workspace)
+    train = client.get_run(run_id(workspace, "train"))
+    assert train.data.tags["dvc.exp_commit"] == commits[train.data.tags["dvc.exp_name"]]
+
+
+def test_parallel_queue_on_a_new_store(tmp_path: Path, copy_project, run) -> None:
+    workspace = copy_project(tmp_path)
+    assert not (workspace / "mlflow.db").exists()
+    sets = [arg for override in TINY for arg in ("-S", override)]
+    queue = [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "lr=1e-3,3e-4,1e-4", *sets]
+    run(queue, workspace)
+    run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], workspace)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run([sys.executable, "-m", "dvc", "queue", "status"], workspace).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 3, status
+    client = client_for(workspace)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    project_experiment = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"][
+        "experiment_name"
+    ]
+    assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {project_experiment}
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
