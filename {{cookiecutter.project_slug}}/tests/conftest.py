@@ -17,6 +17,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Small enough for a CPU CI job; the real defaults live in conf/.
@@ -34,6 +38,17 @@ def _package_name() -> str:
     if len(names) != 1:
         raise RuntimeError(f"Expected exactly one package under {src}, found {names}.")
     return names[0]
+
+
+def compose_conf(overrides: list[str] | None = None) -> DictConfig:
+    """conf/ composed by Hydra, as `dvc exp run` composes it (before resolution)."""
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+@pytest.fixture
+def user_error(package_module: Callable[[str], ModuleType]) -> type[Exception]:
+    return package_module("errors").UserError
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_conf
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -21,19 +20,9 @@ def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-def compose_conf(overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides or [])
-
-
 @pytest.fixture
 def config(package_module):
     return package_module("config")
-
-
-@pytest.fixture
-def user_error(package_module):
-    return package_module("errors").UserError
 
 
 @pytest.fixture

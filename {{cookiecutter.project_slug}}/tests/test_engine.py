@@ -6,29 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_conf
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PATCH = [16, 16, 16]
-
-
-def compose_conf(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture
 def engine(package_module):
     return package_module("engine")
-
-
-@pytest.fixture
-def user_error(package_module):
-    return package_module("errors").UserError
 
 
 @pytest.fixture

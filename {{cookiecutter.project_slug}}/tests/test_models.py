@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
+from conftest import compose_conf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODEL_OPTIONS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
-
-
-def compose_conf(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture

@@ -18,11 +18,6 @@ def msd(package_module):
     return package_module("msd")
 
 
-@pytest.fixture
-def user_error(package_module):
-    return package_module("errors").UserError
-
-
 def write_msd(root: Path, names: list[str] = NAMES, labels: dict[str, str] = LABELS) -> Path:
     """A small MSD folder: dataset.json plus one 4^3 image/label pair per name."""
     (root / "imagesTr").mkdir(parents=True)

@@ -63,11 +63,6 @@ def provenance(package_module):
     return package_module("provenance")
 
 
-@pytest.fixture
-def user_error(package_module):
-    return package_module("errors").UserError
-
-
 def write_files(root: Path, contents: dict[str, bytes]) -> list[Path]:
     paths = []
     for name, data in contents.items():

@@ -17,7 +17,6 @@ import mlflow
 import nibabel as nib
 import pytest
 import yaml
-
 from conftest import TINY
 
 PROJECT = Path(__file__).resolve().parents[1]
