@@ -147,29 +147,43 @@ def test_params_hash_ignores_the_conf_fingerprint(package_module, provenance, pr
     assert provenance.params_sha256(config.resolved_params(params)) == before
 
 
-def test_data_md5s_read_dvc_lock_and_dvc_files(provenance, tmp_path: Path) -> None:
+def test_data_tags_read_dvc_lock_and_dvc_files(provenance, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "dvc.lock").write_text(DVC_LOCK)
     (tmp_path / "data" / "raw.dvc").write_text(RAW_DVC)
-    md5s = provenance.data_md5s(tmp_path, ["data/raw", "data/synthetic", "data/processed"])
-    assert md5s == {
-        "raw": "a3f1e5c0d2b64b9e8f7a6c5d4e3b2a19.dir",
-        "synthetic": "7e9a1e29f5c1b1d7b8c8bd2c1e3a6f01.dir",
-        "processed": "3c59dc048e8850243be8079a5c74d079.dir",
+    tags = provenance.data_tags(tmp_path, ["data/raw", "data/synthetic", "data/processed"])
+    assert tags == {
+        "data.raw.md5": "a3f1e5c0d2b64b9e8f7a6c5d4e3b2a19.dir",
+        "data.raw.path": "data/raw",
+        "data.synthetic.md5": "7e9a1e29f5c1b1d7b8c8bd2c1e3a6f01.dir",
+        "data.synthetic.path": "data/synthetic",
+        "data.processed.md5": "3c59dc048e8850243be8079a5c74d079.dir",
+        "data.processed.path": "data/processed",
     }
+    inputs = provenance.recorded_inputs(tags)
+    assert ("data.raw.md5", "data/raw", tags["data.raw.md5"]) in inputs and len(inputs) == 3
 
 
-def test_data_md5s_name_the_path_without_a_record(provenance, user_error, tmp_path: Path) -> None:
+def test_data_tags_prefer_the_producing_stage_over_stale_deps(provenance, tmp_path: Path) -> None:
+    # While train runs, its own dvc.lock entry still lists the previous run's data/processed.
+    stale_train = "  train:\n    cmd: python -m pkg train\n    deps:\n    - path: data/processed\n"
+    stale_train += "      hash: md5\n      md5: 00000000000000000000000000000000.dir\n"
+    (tmp_path / "dvc.lock").write_text(DVC_LOCK + stale_train)
+    tags = provenance.data_tags(tmp_path, ["data/processed"])
+    assert tags["data.processed.md5"] == "3c59dc048e8850243be8079a5c74d079.dir"
+
+
+def test_data_tags_name_the_path_without_a_record(provenance, user_error, tmp_path: Path) -> None:
     (tmp_path / "dvc.lock").write_text(DVC_LOCK)
     with pytest.raises(user_error) as raised:
-        provenance.data_md5s(tmp_path, ["data/synthetic", "data/raw"])
+        provenance.data_tags(tmp_path, ["data/synthetic", "data/raw"])
     assert "data/raw" in str(raised.value)
     assert "data/synthetic" not in str(raised.value)
 
 
-def test_data_md5s_without_any_dvc_record(provenance, user_error, tmp_path: Path) -> None:
+def test_data_tags_without_any_dvc_record(provenance, user_error, tmp_path: Path) -> None:
     with pytest.raises(user_error, match="data/processed"):
-        provenance.data_md5s(tmp_path, ["data/processed"])
+        provenance.data_tags(tmp_path, ["data/processed"])
 
 
 @pytest.fixture

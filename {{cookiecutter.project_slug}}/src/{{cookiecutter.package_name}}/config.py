@@ -91,6 +91,24 @@ def _check_types(params: DictConfig, path: Path) -> None:
         raise UserError(f"{path}: `lr` must be positive, got {params.lr}.")
 
 
+def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
+    """Build the object that config ``key`` describes (``_target_``; ``_partial_`` is called).
+
+    A wrong class or argument, from conf/ or from `-S`, becomes an error naming the key.
+    """
+    from hydra.utils import instantiate
+
+    try:
+        if node.get("_partial_", False):
+            return instantiate(node)(*args, **kwargs)
+        return instantiate(node, *args, **kwargs)
+    except Exception as error:  # Hydra and the constructors raise many types
+        raise UserError(
+            f"Could not build `{key}` ({node.get('_target_')}): {error}. "
+            f"Fix `{key}` in conf/ or with `dvc exp run -S {key}...=...`."
+        ) from error
+
+
 def resolved_params(params: DictConfig) -> dict:
     """Plain-Python params without compose-time bookkeeping: what a result depends on."""
     plain = OmegaConf.to_container(params, resolve=True)

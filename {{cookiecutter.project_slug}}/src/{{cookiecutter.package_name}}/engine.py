@@ -18,6 +18,10 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Sliding-window overlap while validating during training: low, because validation runs every
+# epoch; the final test uses evaluate.overlap.
+VALIDATION_OVERLAP = 0.25
+
 
 def select_device(trainer: DictConfig) -> torch.device:
     """``trainer.accelerator``: auto picks CUDA when visible, else the CPU."""
@@ -91,7 +95,7 @@ def validate(
     to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
     metric = DiceMetric(include_background=False, reduction="mean")
     for batch in loader:
-        logits = predict(model, batch["image"].to(device), patch_size, 0.25, amp)
+        logits = predict(model, batch["image"].to(device), patch_size, VALIDATION_OVERLAP, amp)
         metric(
             [to_pred(item) for item in decollate_batch(logits)],
             [to_label(item) for item in decollate_batch(batch["label"].to(device))],

@@ -36,7 +36,7 @@ def params_sha256(resolved: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _git(workdir: Path, *args: str) -> str:
+def git(workdir: Path, *args: str) -> str:
     result = subprocess.run(["git", *args], cwd=workdir, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"`git {' '.join(args)}` failed in {workdir}: {result.stderr.strip()}")
@@ -45,25 +45,30 @@ def _git(workdir: Path, *args: str) -> str:
 
 def git_commit(workdir: Path) -> str:
     """The commit the run starts from: DVC's experiment baseline when set, else HEAD."""
-    return os.environ.get("DVC_EXP_BASELINE_REV") or _git(workdir, "rev-parse", "HEAD")
+    return os.environ.get("DVC_EXP_BASELINE_REV") or git(workdir, "rev-parse", "HEAD")
 
 
 def git_dirty(workdir: Path) -> bool:
     """Whether sources, dvc.yaml or conf/ differ from HEAD (files DVC rewrites don't count)."""
-    status = _git(workdir, "status", "--porcelain", "--untracked-files=all", "--", *DIRTY_PATHS)
+    status = git(workdir, "status", "--porcelain", "--untracked-files=all", "--", *DIRTY_PATHS)
     return bool(status)
 
 
-def experiment_commit(root: Path, exp_name: str | None) -> str | None:
-    """The commit DVC made for experiment ``exp_name`` (refs/exps/...), if it still exists."""
-    if not exp_name:
+def experiment_commit(root: Path, exp_name: str | None, baseline: str | None) -> str | None:
+    """The commit DVC made for experiment ``exp_name`` on ``baseline``, if it still exists.
+
+    DVC keeps it at refs/exps/<baseline[:2]>/<baseline[2:]>/<name>; names repeat across
+    baselines, so the baseline is part of the lookup.
+    """
+    if not (exp_name and baseline):
         return None
-    refs = _git(root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines()
-    return next((sha for ref, sha in (line.split() for line in refs) if ref.endswith(f"/{exp_name}")), None)
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{exp_name}"
+    return git(root, "for-each-ref", "--format=%(objectname)", ref) or None
 
 
-def data_md5s(workdir: Path, data_paths: list[str]) -> dict[str, str]:
-    """md5 of each data folder exactly as ``dvc.lock`` or its ``.dvc`` file records it."""
+def data_tags(workdir: Path, data_paths: list[str]) -> dict[str, str]:
+    """``data.<name>.md5`` (exactly as ``dvc.lock`` or a ``.dvc`` file records it) and
+    ``data.<name>.path`` for each input, ``<name>`` being the folder's name."""
     recorded = _recorded_md5s(workdir)
     missing = [path for path in data_paths if path not in recorded]
     if missing:
@@ -72,7 +77,20 @@ def data_md5s(workdir: Path, data_paths: list[str]) -> dict[str, str]:
             "Run stages through `dvc exp run` (or `dvc add` a raw data folder) so that "
             "DVC records their data."
         )
-    return {Path(path).name: recorded[path] for path in data_paths}
+    tags = {}
+    for path in data_paths:
+        name = Path(path).name
+        tags[f"data.{name}.md5"], tags[f"data.{name}.path"] = recorded[path], path
+    return tags
+
+
+def recorded_inputs(tags: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``(tag, path, md5)`` for each input a run recorded with :func:`data_tags`."""
+    inputs = []
+    for tag in sorted(t for t in tags if t.startswith("data.") and t.endswith(".md5")):
+        name = tag.removeprefix("data.").removesuffix(".md5")
+        inputs.append((tag, tags.get(f"data.{name}.path", f"data/{name}"), tags[tag]))
+    return inputs
 
 
 def dvc_md5(workdir: Path, data_path: str) -> str | None:
@@ -93,17 +111,20 @@ def dvc_md5(workdir: Path, data_path: str) -> str | None:
 
 
 def _recorded_md5s(workdir: Path) -> dict[str, str]:
-    recorded: dict[str, str] = {}
-    for dvc_file in workdir.glob("data/*.dvc"):
-        for out in yaml.safe_load(dvc_file.read_text()).get("outs", []):
-            recorded[(dvc_file.parent / out["path"]).relative_to(workdir).as_posix()] = out["md5"]
+    """Path -> md5 from dvc.lock and .dvc files. While a stage runs, its own dvc.lock entry
+    still lists the previous run's deps, so the producing stage's outs, and .dvc files,
+    take precedence over any stage's deps."""
+    deps: dict[str, str] = {}
+    outs: dict[str, str] = {}
     lock = workdir / "dvc.lock"
     if lock.is_file():
         for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-            for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
-                if "md5" in entry:
-                    recorded[entry["path"]] = entry["md5"]
-    return recorded
+            deps.update({entry["path"]: entry["md5"] for entry in stage.get("deps", []) if "md5" in entry})
+            outs.update({entry["path"]: entry["md5"] for entry in stage.get("outs", []) if "md5" in entry})
+    for dvc_file in workdir.glob("data/*.dvc"):
+        for out in yaml.safe_load(dvc_file.read_text()).get("outs", []):
+            outs[(dvc_file.parent / out["path"]).relative_to(workdir).as_posix()] = out["md5"]
+    return deps | outs
 
 
 def environment() -> dict[str, str]:

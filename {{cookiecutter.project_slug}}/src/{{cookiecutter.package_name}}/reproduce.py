@@ -42,14 +42,15 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
         raise UserError(f"Run {run_id} has stage {stage!r}; only train and evaluate runs can be reproduced.")
     if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
         tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
-    commit = provenance.experiment_commit(root, tags.get("dvc.exp_name")) or tags["git.commit"]
+    exp_commit = provenance.experiment_commit(root, tags.get("dvc.exp_name"), tags.get("dvc.baseline_rev"))
+    commit = exp_commit or tags["git.commit"]
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
         worktree = Path(scratch) / "worktree"
-        _git(root, "worktree", "add", "--detach", str(worktree), commit)
+        provenance.git(root, "worktree", "add", "--detach", str(worktree), commit)
         try:
             _restore_params(worktree, run_id, tags["params.sha256"])
-            data = [t.removeprefix("data.").removesuffix(".md5") for t in tags if t.startswith("data.")]
-            _pin_md5s(root, worktree, {f"data/{name}": tags[f"data.{name}.md5"] for name in data})
+            _check_code(worktree, tags["code.sha256"], run_id)
+            _pin_md5s(root, worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
             _checkout(worktree, STAGE_INPUTS[stage])
             print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {worktree}")
             # --no-commit keeps the re-run out of DVC's run-cache, where it would stand in for
@@ -69,7 +70,7 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
             )
             reproduced = json.loads((worktree / METRICS_FILES[stage]).read_text())
         finally:
-            _git(root, "worktree", "remove", "--force", str(worktree))
+            provenance.git(root, "worktree", "remove", "--force", str(worktree))
     recorded = {
         key.removeprefix(MLFLOW_PREFIX[stage]): value
         for key, value in run.data.metrics.items()
@@ -88,6 +89,16 @@ def _restore_params(worktree: Path, run_id: str, recorded_sha256: str) -> None:
         raise UserError(f"The params logged with run {run_id} do not hash to its params.sha256.")
     params[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
     (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
+
+
+def _check_code(worktree: Path, recorded_sha256: str, run_id: str) -> None:
+    """Refuse to re-run other code than the run's: e.g. a run from an uncommitted tree."""
+    if provenance.code_sha256(worktree) != recorded_sha256:
+        raise UserError(
+            f"The code of run {run_id} (code.sha256 {recorded_sha256[:12]}) is in neither its "
+            "experiment commit nor its git.commit: it ran on uncommitted changes. Commit the code "
+            "that produced it (or `dvc exp apply` its experiment) to make it reproducible."
+        )
 
 
 def _pin_md5s(root: Path, worktree: Path, md5s: dict[str, str]) -> None:
@@ -136,13 +147,6 @@ def _print_table(recorded: dict, reproduced: dict, tolerance: float, new_run_id:
         raise UserError("The run recorded none of the metrics its stage writes; nothing to compare.")
     print(f"\nReproduced as MLflow run {new_run_id}: " + ("metrics agree." if agree else "metrics DIFFER."))
     return agree
-
-
-def _git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"`git {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout.strip()
 
 
 def _dvc(

@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 
 import mlflow
+from omegaconf import OmegaConf
 
-from .config import load_params
+from .config import PARAMS_FILE
 from .provenance import experiment_commit
 from .tracking import connect
 
@@ -21,14 +22,16 @@ log = logging.getLogger(__name__)
 
 def sync(root: Path) -> int:
     """Tag every run of the project's experiment whose DVC experiment commit is now known."""
-    experiment_id = connect(load_params(root).tracking.experiment_name, root)
+    # Only the experiment's name is needed: a stale params.yaml does not matter here.
+    experiment_name = OmegaConf.load(root / PARAMS_FILE).tracking.experiment_name
+    experiment_id = connect(experiment_name, root)
     client = mlflow.MlflowClient()
     tagged = 0
     for run in client.search_runs([experiment_id], max_results=50000):
         tags = run.data.tags
         if "dvc.exp_commit" in tags:
             continue
-        commit = experiment_commit(root, tags.get("dvc.exp_name"))
+        commit = experiment_commit(root, tags.get("dvc.exp_name"), tags.get("dvc.baseline_rev"))
         if commit:
             client.set_tag(run.info.run_id, "dvc.exp_commit", commit)
             tagged += 1

@@ -86,8 +86,7 @@ def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str]) ->
         "deterministic": str(params.trainer.deterministic).lower(),
         **provenance.environment(),
     }
-    for name, md5 in provenance.data_md5s(workdir, data_paths).items():
-        tags[f"data.{name}.md5"] = md5
+    tags |= provenance.data_tags(workdir, data_paths)
     for tag, variable in (
         ("dvc.exp_name", "DVC_EXP_NAME"),
         ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),

@@ -51,10 +51,9 @@ def provenance_checks(tags: dict[str, str], workdir: Path) -> list[Check]:
         Check("code.sha256", tags.get("code.sha256", "?"), provenance.code_sha256(workdir)),
         Check("params.sha256", tags.get("params.sha256", "?"), provenance.params_sha256(params)),
     ]
-    for tag in sorted(t for t in tags if t.startswith("data.") and t.endswith(".md5")):
-        data_path = f"data/{tag.removeprefix('data.').removesuffix('.md5')}"
-        current = provenance.dvc_md5(workdir, data_path) or f"missing ({data_path}; try `dvc pull`)"
-        checks.append(Check(tag, tags[tag], current))
+    for tag, path, md5 in provenance.recorded_inputs(tags):
+        current = provenance.dvc_md5(workdir, path) or f"missing ({path}; try `dvc pull`)"
+        checks.append(Check(tag, md5, current))
     return checks
 
 

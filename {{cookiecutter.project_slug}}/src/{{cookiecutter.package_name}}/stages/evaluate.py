@@ -73,14 +73,18 @@ def run(params: DictConfig, workdir: Path) -> None:
     metrics = _summarise(rows, names, params.evaluate.hd_percentile)
 
     with tracking.start_run(
-        params, "evaluate", workdir, [params.data.dir, str(PROCESSED)], parent_run_id=train_run_id
+        params,
+        "evaluate",
+        workdir,
+        [params.data.dir, str(PROCESSED), str(MODELS)],
+        parent_run_id=train_run_id,
     ) as run:
         mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         registry.register(params, train_run_id, run.info.run_id, metrics)
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
-    log.info("Test dice_mean %.4f (%d cases), run %s", metrics["dice_mean"], len(rows), run.info.run_id)
+    log.info("Test dice_mean %s (%d cases), run %s", metrics["dice_mean"], len(rows), run.info.run_id)
 
 
 def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:

@@ -9,10 +9,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .. import tracking
+from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
 from ..loaders import eval_loader, train_loader
 from ..models import build_model
@@ -33,8 +33,8 @@ def run(params: DictConfig, workdir: Path) -> None:
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
     model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
-    optimizer = instantiate(params.optimizer)(model.parameters(), lr=params.lr)
-    loss_fn = instantiate(params.loss)
+    optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
+    loss_fn = instantiate_node(params.loss, "loss")
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     train_data = train_loader(params, processed)
     val_data = eval_loader(params, processed, "val")
@@ -53,7 +53,8 @@ def run(params: DictConfig, workdir: Path) -> None:
                 dices.append({"epoch": epoch, "val_dice": dice})
                 mlflow.log_metric("val_dice", dice, step=epoch)
                 message += f" val_dice {dice:.4f}"
-                if dice > best_dice:
+                # The first validation always saves, so that a NaN Dice still leaves a best.pt.
+                if best_epoch == 0 or dice > best_dice:
                     best_dice, best_epoch = dice, epoch
                     save_checkpoint(workdir / MODELS / "best.pt", model=model.state_dict(), epoch=epoch)
             log.info(message)
