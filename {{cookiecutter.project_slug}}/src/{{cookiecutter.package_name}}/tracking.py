@@ -45,8 +45,14 @@ def connect(experiment_name: str, root: Path) -> str:
     """
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        return _get_or_create_experiment(experiment_name, root)
+    try:
+        with store_lock(uri):
+            return _get_or_create_experiment(experiment_name, uri, root)
+    except MlflowException as error:
+        raise UserError(
+            f"Cannot use the MLflow store {uri}: {error.message}. Start the server or fix "
+            "MLFLOW_TRACKING_URI (unset it to log to the repo's mlflow.db)."
+        ) from error
 
 
 @contextmanager
@@ -63,16 +69,21 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _get_or_create_experiment(name: str, root: Path) -> str:
-    """The experiment by name; new ones keep artifacts under the repo root, not the cwd."""
+def _get_or_create_experiment(name: str, uri: str, root: Path) -> str:
+    """The experiment by name. With the repo's sqlite store, new experiments keep artifacts
+    under the repo root (not the cwd, which may be a temporary copy); a tracking server
+    chooses its own artifact store."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    location = (root / ARTIFACTS_DIR).as_uri() if uri.startswith("sqlite:///") else None
     try:
-        return client.create_experiment(name, artifact_location=(root / ARTIFACTS_DIR).as_uri())
-    except MlflowException:  # created meanwhile by a process on another machine
-        return client.get_experiment_by_name(name).experiment_id
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # created meanwhile elsewhere
 
 
 def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str]) -> dict[str, str]:
