@@ -89,6 +89,12 @@ def _check_types(params: DictConfig, path: Path) -> None:
             raise UserError(f"{path}: `{key}` must be at least 1, got {params[key]}.")
     if not params.lr > 0:
         raise UserError(f"{path}: `lr` must be positive, got {params.lr}.")
+    patch = list(params.patch_size)
+    if len(patch) != 3 or not all(isinstance(edge, int) and edge > 0 for edge in patch):
+        raise UserError(
+            f"{path}: `patch_size` must be three positive integers (voxels), got {patch}; "
+            "e.g. -S 'patch_size=[64,64,64]'."
+        )
 
 
 def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
