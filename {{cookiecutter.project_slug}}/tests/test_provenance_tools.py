@@ -158,6 +158,22 @@ def test_reproduce_names_a_missing_input(workspace: Path, cli) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_reproduce_pulls_inputs_from_the_remote(workspace: Path, cli, run, tmp_path: Path) -> None:
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "remote", "add", "--local", "--default", "storage", str(tmp_path / "remote")], workspace)
+    run([*dvc, "push"], workspace)
+    cache, hidden = workspace / ".dvc/cache", workspace / ".dvc/cache-hidden"
+    cache.rename(hidden)
+    try:
+        result = cli(workspace, "reproduce", run_id(workspace, "evaluate"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        hidden.rename(cache)
+        run([*dvc, "remote", "remove", "--local", "storage"], workspace)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "metrics agree" in result.stdout
+
+
 def test_run_cache_restores_point_at_the_original_runs(workspace: Path, exp_run) -> None:
     client = client_for(workspace)
     experiment = client.get_run(run_id(workspace, "train")).info.experiment_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,8 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
         try:
             _restore_params(worktree, run_id, tags["params.sha256"])
             _check_code(worktree, tags["code.sha256"], run_id)
-            _pin_md5s(root, worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
+            _share_dvc_setup(root, worktree)
+            _pin_md5s(worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
             _checkout(worktree, STAGE_INPUTS[stage])
             print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {worktree}")
             # --no-commit keeps the re-run out of DVC's run-cache, where it would stand in for
@@ -101,9 +103,20 @@ def _check_code(worktree: Path, recorded_sha256: str, run_id: str) -> None:
         )
 
 
-def _pin_md5s(root: Path, worktree: Path, md5s: dict[str, str]) -> None:
-    """Point the worktree's dvc.lock and .dvc files at the recorded md5s (and the shared cache)."""
-    _dvc(worktree, "cache", "dir", "--local", str(root / ".dvc" / "cache"))
+def _share_dvc_setup(root: Path, worktree: Path) -> None:
+    """Give the worktree the workspace's DVC cache and its local config (remotes, credentials)."""
+    from dvc.repo import Repo
+
+    local_config = root / ".dvc" / "config.local"
+    if local_config.is_file():
+        shutil.copy2(local_config, worktree / ".dvc" / "config.local")
+    with Repo(str(root)) as repo:
+        cache_dir = repo.cache.local_cache_dir
+    _dvc(worktree, "cache", "dir", "--local", cache_dir)
+
+
+def _pin_md5s(worktree: Path, md5s: dict[str, str]) -> None:
+    """Point the worktree's dvc.lock and .dvc files at the md5s the run recorded."""
     lock_path = worktree / "dvc.lock"
     lock = yaml.safe_load(lock_path.read_text()) if lock_path.is_file() else {"schema": "2.0", "stages": {}}
     for stage in lock.get("stages", {}).values():
