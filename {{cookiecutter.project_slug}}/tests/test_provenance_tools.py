@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -145,14 +147,21 @@ def test_reproduce_gives_bitwise_equal_metrics_on_cpu(workspace: Path, cli, run)
     assert "reproduce-" not in run(["git", "worktree", "list"], workspace).stdout
 
 
-def test_reproduce_names_a_missing_input(workspace: Path, cli) -> None:
+@contextmanager
+def without_dvc_cache(workspace: Path) -> Iterator[None]:
+    """The DVC cache moved aside for the block, as on a machine that never had the data."""
     cache, hidden = workspace / ".dvc/cache", workspace / ".dvc/cache-hidden"
     cache.rename(hidden)
     try:
-        result = cli(workspace, "reproduce", run_id(workspace, "train"))
+        yield
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         hidden.rename(cache)
+
+
+def test_reproduce_names_a_missing_input(workspace: Path, cli) -> None:
+    with without_dvc_cache(workspace):
+        result = cli(workspace, "reproduce", run_id(workspace, "train"))
     assert result.returncode == 2
     assert "data/processed" in result.stderr and "dvc pull" in result.stderr
     assert "Traceback" not in result.stderr
@@ -162,13 +171,10 @@ def test_reproduce_pulls_inputs_from_the_remote(workspace: Path, cli, run, tmp_p
     dvc = [sys.executable, "-m", "dvc"]
     run([*dvc, "remote", "add", "--local", "--default", "storage", str(tmp_path / "remote")], workspace)
     run([*dvc, "push"], workspace)
-    cache, hidden = workspace / ".dvc/cache", workspace / ".dvc/cache-hidden"
-    cache.rename(hidden)
     try:
-        result = cli(workspace, "reproduce", run_id(workspace, "evaluate"))
+        with without_dvc_cache(workspace):
+            result = cli(workspace, "reproduce", run_id(workspace, "evaluate"))
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        hidden.rename(cache)
         run([*dvc, "remote", "remove", "--local", "storage"], workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "metrics agree" in result.stdout
