@@ -85,7 +85,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         registry.register(params, train_run_id, run.info.run_id, metrics)
         tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
-    log.info("Test dice_mean %s (%d cases), run %s", metrics["dice_mean"], len(rows), run.info.run_id)
+    dice_mean = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
+    log.info("Test dice_mean %s (%d cases), run %s", dice_mean, len(rows), run.info.run_id)
 
 
 def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:
