@@ -38,7 +38,7 @@ def fingerprint_conf() -> None:
 
 
 def git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True)
+    return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, check=False)
 
 
 def initial_commit() -> None:
