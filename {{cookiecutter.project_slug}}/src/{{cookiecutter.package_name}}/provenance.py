@@ -93,21 +93,25 @@ def recorded_inputs(tags: dict[str, str]) -> list[tuple[str, str, str]]:
     return inputs
 
 
-def dvc_md5(workdir: Path, data_path: str) -> str | None:
-    """md5 of a file or folder computed the way DVC computes it (``.dir`` for folders).
+def dvc_md5s(workdir: Path, data_paths: list[str]) -> dict[str, str | None]:
+    """md5 of each file or folder computed the way DVC computes it (``.dir`` for folders).
 
-    None when the path does not exist. DVC's state database makes this cheap for files
+    None for a path that does not exist. DVC's state database makes this cheap for files
     whose size and mtime are unchanged since DVC last hashed them.
     """
     from dvc.repo import Repo
     from dvc_data.hashfile.build import build
 
+    md5s: dict[str, str | None] = {}
     with Repo(str(workdir)) as repo:
-        path = repo.fs.join(repo.root_dir, data_path)
-        if not repo.fs.exists(path):
-            return None
-        _, _, obj = build(repo.cache.local, path, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
-        return obj.hash_info.value
+        for data_path in data_paths:
+            path = repo.fs.join(repo.root_dir, data_path)
+            if not repo.fs.exists(path):
+                md5s[data_path] = None
+                continue
+            _, _, obj = build(repo.cache.local, path, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+            md5s[data_path] = obj.hash_info.value
+    return md5s
 
 
 def _recorded_md5s(workdir: Path) -> dict[str, str]:
@@ -127,17 +131,23 @@ def _recorded_md5s(workdir: Path) -> dict[str, str]:
     return deps | outs
 
 
+def library_versions() -> dict[str, str]:
+    """Python, torch and MONAI versions as ``env.*`` tags, read without importing torch."""
+    return {
+        "env.python": platform.python_version(),
+        "env.torch": metadata.version("torch"),
+        "env.monai": metadata.version("monai"),
+    }
+
+
 def environment() -> dict[str, str]:
     """Versions that can change numerical results, as ``env.*`` tags."""
-    import monai
     import torch
 
     cuda = torch.cuda.is_available()
     return {
-        "env.python": platform.python_version(),
+        **library_versions(),
         "env.platform": platform.platform(),
-        "env.torch": torch.__version__,
-        "env.monai": monai.__version__,
         "env.cuda": torch.version.cuda or "none",
         "env.cudnn": str(torch.backends.cudnn.version()) if cuda else "none",
         "env.gpu": torch.cuda.get_device_name(0) if cuda else "none",

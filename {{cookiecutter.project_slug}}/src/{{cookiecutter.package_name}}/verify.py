@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from . import provenance
@@ -51,19 +49,16 @@ def provenance_checks(tags: dict[str, str], workdir: Path) -> list[Check]:
         Check("code.sha256", tags.get("code.sha256", "?"), provenance.code_sha256(workdir)),
         Check("params.sha256", tags.get("params.sha256", "?"), provenance.params_sha256(params)),
     ]
-    for tag, path, md5 in provenance.recorded_inputs(tags):
-        current = provenance.dvc_md5(workdir, path) or f"missing ({path}; try `dvc pull`)"
-        checks.append(Check(tag, md5, current))
+    inputs = provenance.recorded_inputs(tags)
+    current = provenance.dvc_md5s(workdir, [path for _, path, _ in inputs])
+    for tag, path, md5 in inputs:
+        checks.append(Check(tag, md5, current[path] or f"missing ({path}; try `dvc pull`)"))
     return checks
 
 
 def environment_warnings(tags: dict[str, str]) -> list[str]:
     """Versions that differ from the run's: worth knowing, but not a provenance failure."""
-    current = {
-        "env.python": platform.python_version(),
-        "env.torch": metadata.version("torch"),
-        "env.monai": metadata.version("monai"),
-    }
+    current = provenance.library_versions()
     return [
         f"  warning   {tag:<24} recorded {tags[tag]}, now {value}"
         for tag, value in current.items()
