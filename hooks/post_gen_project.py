@@ -42,9 +42,25 @@ def git(*args: str) -> subprocess.CompletedProcess:
 
 
 def initial_commit() -> None:
-    """Make the project a git repo with a first commit, unless it already sits inside one."""
+    """Make the project a git repository with a first commit, unless a repository tracks it.
+
+    Inside an enclosing work tree that tracks this folder (a monorepo), the project stays a
+    folder of it. Inside one that ignores it (a scratch or demo folder), it becomes a
+    repository of its own: DVC refuses to run a git-ignored dvc.yaml (ignored with its folder
+    or by a pattern of its own).
+    """
     if git("rev-parse", "--is-inside-work-tree").returncode == 0:
-        return
+        top = Path(git("rev-parse", "--show-toplevel").stdout.strip())
+        if top == PROJECT.resolve():
+            return  # already its own repository: the hook runs again on the same folder
+        if git("check-ignore", "--quiet", "dvc.yaml").returncode != 0:
+            folder = PROJECT.resolve().relative_to(top)
+            print(
+                f"{top} is a git repository that tracks this folder, so the project stays part of it.\n"
+                f"Commit it there: git -C {top} add {folder} && git -C {top} commit -m 'Add {folder.name}'\n"
+                f"Run dvc inside {PROJECT.resolve()}; DVC treats it as a subdirectory project."
+            )
+            return
     git("init", "--quiet", "--initial-branch=main")
     git("add", "--all")
     identity = []

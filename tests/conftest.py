@@ -101,6 +101,15 @@ def git(project: Path, *args: str) -> str:
     return run(["git", *args], cwd=project).stdout.strip()
 
 
+def assert_one_clean_commit(project: Path) -> None:
+    assert (project / ".git").is_dir(), "the baked project is not a git repository"
+    assert git(project, "rev-list", "--count", "HEAD") == "1"
+    status = git(project, "status", "--porcelain", "--untracked-files=all")
+    assert status == "", (
+        f"the baked project is not clean after its first commit:\n{status}"
+    )
+
+
 @pytest.fixture(scope="session")
 def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cookiecutter config of our own: no replay files in $HOME, no user defaults."""
@@ -166,15 +175,16 @@ def bake(
 def install_venv(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
     """``install_venv(project)``: a throwaway venv layered on this one, for `pip install -e`.
 
-    The layer sees every package of the test virtualenv (through a ``.pth`` file), so pip
-    finds the dependencies installed and only installs the project. The shared virtualenv
-    is left as it was. Returns the layer's ``bin`` folder.
+    The layer sees every package of the test virtualenv (through a ``.pth`` file), so its
+    own pip finds the dependencies installed and only installs the project. The shared
+    virtualenv is left as it was. Returns the layer's ``bin`` folder (with ``python`` and
+    ``pip``, so that a README's bare `pip install` lands in the layer).
     """
     import sysconfig
 
     def _create(project: Path) -> Path:
         venv = tmp_path_factory.mktemp("project-venv")
-        run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=project)
+        run([sys.executable, "-m", "venv", venv], cwd=project)
         layer_python = venv / "bin" / "python"
         site_packages = run(
             [

@@ -15,6 +15,7 @@ from conftest import (
     DEFAULT_SLUG,
     OPTIONS,
     TEMPLATE_PROJECT,
+    assert_one_clean_commit,
     git,
     project_env,
     run,
@@ -93,15 +94,6 @@ def params_fingerprint(project: Path) -> str:
     )
     assert match, "params.yaml has no conf_sha256 line"
     return match.group(1)
-
-
-def assert_one_clean_commit(project: Path) -> None:
-    assert (project / ".git").is_dir(), "the baked project is not a git repository"
-    assert git(project, "rev-list", "--count", "HEAD") == "1"
-    status = git(project, "status", "--porcelain", "--untracked-files=all")
-    assert status == "", (
-        f"the baked project is not clean after its first commit:\n{status}"
-    )
 
 
 def assert_no_template_syntax(project: Path) -> None:
@@ -290,21 +282,6 @@ def test_invalid_answers_are_refused_before_anything_is_written(
     assert list(output_dir.iterdir()) == []
     stderr = capfd.readouterr().err
     assert "ERROR:" in stderr and allowed in stderr, stderr
-
-
-def test_bake_inside_a_git_repo_makes_no_nested_repo(bake, tmp_path: Path) -> None:
-    outer = tmp_path / "lab-monorepo"
-    outer.mkdir()
-    git(outer, "init", "--quiet")
-    project = bake(outer / "projects")
-
-    assert not (project / ".git").exists()
-    assert Path(git(project, "rev-parse", "--show-toplevel")) == outer.resolve()
-    assert (
-        run(["git", "rev-parse", "--verify", "HEAD"], cwd=outer, check=False).returncode
-        != 0
-    ), "the hook committed into the surrounding repository"
-    assert params_fingerprint(project) == conf_fingerprint(project)
 
 
 def test_rebake_over_a_baked_project_keeps_one_clean_commit(

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import shlex
+import signal
+import socket
+import subprocess
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,44 +66,113 @@ class Experiments:
         return matches[0]
 
 
-def readme_install_command(project: Path) -> list[str]:
-    lines = [
-        line.split("#")[0].strip()
-        for line in (project / "README.md").read_text().splitlines()
-    ]
-    commands = [line for line in lines if line.startswith("pip install -e")]
-    assert commands, "the README names no `pip install -e` command"
-    return shlex.split(commands[0])
+def readme_quick_start(project: Path) -> list[str]:
+    """The commands of the baked README's "Start here" block, comments stripped, in order."""
+    section = (project / "README.md").read_text().split("## Start here", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "the README has no bash block under 'Start here'"
+    lines = (line.split("#")[0].strip() for line in block.group(1).splitlines())
+    return [line for line in lines if line]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_mlflow_ui(command: str, project: Path, env: dict[str, str]) -> int:
+    """Start the README's `mlflow ui` as written (on a free port, through MLFLOW_PORT) and
+    return how many runs its REST API lists for the project's experiment."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=project,
+        env={**env, "MLFLOW_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                query = urllib.parse.urlencode({"experiment_name": DEFAULT_SLUG})
+                with urllib.request.urlopen(
+                    f"{api}/experiments/get-by-name?{query}"
+                ) as answer:
+                    experiment_id = json.load(answer)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                assert server.poll() is None, (
+                    f"`{command}` exited with {server.returncode}"
+                )
+                assert time.monotonic() < deadline, (
+                    f"`{command}` did not answer on port {port}"
+                )
+                time.sleep(1)
+        request = urllib.request.Request(
+            f"{api}/runs/search",
+            data=json.dumps(
+                {"experiment_ids": [experiment_id], "max_results": 100}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as answer:
+            return len(json.load(answer).get("runs", []))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def experiments(
     bake, install_venv, tmp_path_factory: pytest.TempPathFactory
 ) -> Experiments:
+    """The README's quick start, every command as written and in order."""
     project = bake(tmp_path_factory.mktemp("end-to-end"))
     layer_bin = install_venv(project)
     env = project_env(project, path_prefix=layer_bin)
-    command = readme_install_command(project)
-    assert command == ["pip", "install", "-e", ".[dev]"]
-    run([layer_bin / "python", "-m", *command], cwd=project, env=env)
-    assert git(project, "status", "--porcelain") == "", (
-        "the install left files for git to commit"
-    )
+    env.pop(
+        "PYTHONPATH"
+    )  # the README's `pip install -e` must make the package importable
+    commands = readme_quick_start(project)
+    assert commands == [
+        'pip install -e ".[dev]"',
+        "dvc exp run",
+        f"dvc exp run -S lr={SECOND_LR:g}",
+        "dvc exp show",
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+    ], commands
 
     seconds = {}
-    for args in (
-        ["dvc", "exp", "run"],
-        ["dvc", "exp", "run", "-S", f"lr={SECOND_LR:g}"],
-    ):
+    for command in commands:
+        if command.startswith("mlflow ui"):
+            assert check_mlflow_ui(command, project, env) == 4, (
+                "the UI lists not 4 runs"
+            )
+            continue
         started = time.perf_counter()
-        run(args, cwd=project, env=env)
-        seconds[shlex.join(args)] = time.perf_counter() - started
+        result = run(["bash", "-c", command], cwd=project, env=env)
+        seconds[command] = time.perf_counter() - started
+        if command.startswith("pip install"):
+            assert git(project, "status", "--porcelain") == "", (
+                "the install left files for git to commit"
+            )
+        if command == "dvc exp show":
+            assert "lr" in result.stdout and "dice_mean" in result.stdout, result.stdout
     labels = json.loads((project / "data" / "synthetic" / "dataset.json").read_text())[
         "labels"
     ]
     class_names = [name for index, name in labels.items() if index != "0"]
     return Experiments(
-        project, env, layer_bin, seconds, exp_show(project, env), class_names
+        project,
+        env,
+        layer_bin,
+        {c: s for c, s in seconds.items() if c.startswith("dvc exp run")},
+        exp_show(project, env),
+        class_names,
     )
 
 
@@ -147,7 +221,7 @@ def download(
 
 def test_readme_install_makes_the_package_importable(experiments: Experiments) -> None:
     env = dict(experiments.env)
-    env.pop("PYTHONPATH")
+    env.pop("PYTHONPATH", None)
     result = run(
         [
             experiments.layer_bin / "python",

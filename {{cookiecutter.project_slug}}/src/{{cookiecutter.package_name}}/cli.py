@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("sync", help="tag MLflow runs with the commit DVC made for their experiment")
     commands.add_parser("check-params", help="fail if params.yaml was composed from another conf/")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The project's own lines at INFO; libraries only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger(__package__).setLevel(logging.INFO)
     try:
         sys.exit(0 if _dispatch(args) else 1)
     except UserError as error:

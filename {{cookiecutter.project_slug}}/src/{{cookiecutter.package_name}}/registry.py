@@ -12,6 +12,7 @@ import os
 import mlflow
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from . import tracking
@@ -60,7 +61,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
     # Held from registration to the alias move, so that two evaluations finishing at once
     # (`dvc queue start -j 2`) cannot both read the old champion and both replace it.
     with tracking.store_lock(mlflow.get_tracking_uri()):
-        version = mlflow.register_model(f"models:/{model.model_id}", settings.experiment_name, tags=tags)
+        version = _new_version(client, settings.experiment_name, model, tags)
         _promote_if_better(client, version, metric, mode, metrics[metric])
 
 
@@ -80,6 +81,25 @@ def _logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
             "(`dvc exp run -f -S tracking.log_model=true`)."
         )
     return models[0]
+
+
+def _new_version(
+    client: mlflow.MlflowClient, name: str, model: LoggedModel, tags: dict[str, str]
+) -> ModelVersion:
+    """A new version of registered model ``name`` (created if new) for the logged ``model``.
+
+    Through the client rather than ``mlflow.register_model``, which prints its own progress
+    lines on stderr; the promotion log line below says what happened.
+    """
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+    return client.create_model_version(
+        name, f"models:/{model.model_id}", run_id=model.source_run_id, tags=tags, model_id=model.model_id
+    )
 
 
 def _provenance_tags(run_tags: dict[str, str]) -> dict[str, str]:

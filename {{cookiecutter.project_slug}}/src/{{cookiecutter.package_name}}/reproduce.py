@@ -46,10 +46,12 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
     exp_commit = provenance.experiment_commit(root, tags.get("dvc.exp_name"), tags.get("dvc.baseline_rev"))
     commit = exp_commit or tags["git.commit"]
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
-        worktree = Path(scratch) / "worktree"
-        provenance.git(root, "worktree", "add", "--detach", str(worktree), commit)
+        checkout = Path(scratch) / "worktree"
+        provenance.git(root, "worktree", "add", "--detach", str(checkout), commit)
+        # In a monorepo the project is a folder of the repository: the same folder there.
+        worktree = checkout / provenance.git(root, "rev-parse", "--show-prefix")
         try:
-            _restore_params(worktree, run_id, tags["params.sha256"])
+            _restore_params(worktree, run_id, tags["params.sha256"], Path(scratch))
             _check_code(worktree, tags["code.sha256"], run_id)
             _share_dvc_setup(root, worktree)
             _pin_md5s(worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
@@ -72,7 +74,7 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
             )
             reproduced = json.loads((worktree / METRICS_FILES[stage]).read_text())
         finally:
-            provenance.git(root, "worktree", "remove", "--force", str(worktree))
+            provenance.git(root, "worktree", "remove", "--force", str(checkout))
     recorded = {
         key.removeprefix(MLFLOW_PREFIX[stage]): value
         for key, value in run.data.metrics.items()
@@ -81,10 +83,10 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
     return _print_table(recorded, reproduced, tolerance, reproduced.get("mlflow_run_id"))
 
 
-def _restore_params(worktree: Path, run_id: str, recorded_sha256: str) -> None:
+def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: Path) -> None:
     """params.yaml from the run's logged config, fingerprinted against the worktree's conf/."""
     logged = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="config/params.yaml", dst_path=str(worktree.parent)
+        run_id=run_id, artifact_path="config/params.yaml", dst_path=str(scratch)
     )
     params = yaml.safe_load(Path(logged).read_text())
     if provenance.params_sha256(params) != recorded_sha256:

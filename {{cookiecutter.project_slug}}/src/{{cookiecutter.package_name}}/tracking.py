@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,11 @@ from .errors import UserError
 
 if TYPE_CHECKING:  # torch is imported only by the stages that log a model
     import torch
+
+# MLflow logs through its own handler at INFO. Its system-metrics monitor and its store
+# migrations announce themselves in every stage; their warnings and errors still show.
+for _chatty in ("mlflow.system_metrics", "mlflow.store.db.utils"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 ARTIFACTS_DIR = "mlartifacts"
 # Set by `reproduce` for the stages it re-runs; becomes the run's `reproduces` tag.
@@ -162,7 +168,8 @@ def log_model(
 
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     model = model.cpu().eval()
-    example = np.zeros((1, in_channels, *params.patch_size), dtype=np.float32)
+    # Two items, so that torch.export keeps the batch dimension dynamic (1 would specialise it).
+    example = np.zeros((2, in_channels, *params.patch_size), dtype=np.float32)
     metadata = {
         "input": f"float32 (batch, {in_channels}, *spatial), intensities scaled to [0, 1]",
         "output": f"logits (batch, {len(labels)}, *spatial); argmax over channels gives labels",

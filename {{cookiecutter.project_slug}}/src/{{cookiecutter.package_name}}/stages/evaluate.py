@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -26,6 +27,9 @@ from .train import METRICS as TRAIN_METRICS
 from .train import MODELS
 
 log = logging.getLogger(__name__)
+# MONAI's own HausdorffDistanceMetric passes get_mask_edges an argument that MONAI itself
+# deprecates; the warning is about MONAI's internals, not about anything set here.
+warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
 
 METRICS = Path("metrics/evaluate.json")
 REPORTS = Path("reports")
