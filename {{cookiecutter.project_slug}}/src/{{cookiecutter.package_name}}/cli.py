@@ -1,4 +1,4 @@
-"""Command line: the DVC stages (dvc.yaml calls these) and provenance tools."""
+"""Command line: the DVC stages (dvc.yaml calls these), `predict`, and the provenance tools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-STAGES = ("synthesize", "preprocess", "train", "evaluate")
+STAGES = ("synthesize", "fingerprint", "preprocess", "train", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         commands.add_parser(stage, help=f"run the {stage} stage with ./params.yaml")
+    predict = commands.add_parser("predict", help="segment NIfTI files with a trained model")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files, or folders of them")
+    predict.add_argument(
+        "--model",
+        help="MLflow run id, models:/<name>@<alias> or /<version>, or a checkpoint (.pt) "
+        "(default: models:/<tracking.experiment_name>@champion)",
+    )
+    predict.add_argument("--output", type=Path, default=Path("predictions"), help="folder for the masks")
+    predict.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction")
     verify = commands.add_parser("verify", help="recompute a run's data, code and params hashes here")
     verify.add_argument("run_id", nargs="?", help="MLflow run id (default: the workspace's latest run)")
     reproduce = commands.add_parser("reproduce", help="re-run a run from its recorded inputs and compare")
@@ -39,28 +48,31 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> bool:
-    """Run the command; False means it ran but found a difference (exit status 1)."""
+    """Run the command; False means it ran but found a difference (exit status 1).
+
+    Each command imports only its own module (by name), so that a stage's process loads no
+    tool's code and `--help` loads no torch.
+    """
     from .config import load_params, repo_root
 
     workdir = Path.cwd()
+    if args.command in ("verify", "reproduce", "sync", "predict"):
+        command = importlib.import_module(f".{args.command}", __package__)
     if args.command == "verify":
-        from .verify import verify
-
-        return verify(args.run_id, workdir)
+        return command.verify(args.run_id, workdir)
     if args.command == "reproduce":
-        from .reproduce import reproduce
-        from .verify import latest_run_id
-
-        return reproduce(args.run_id or latest_run_id(workdir), repo_root(), args.tolerance)
+        run_id = args.run_id or importlib.import_module(".verify", __package__).latest_run_id(workdir)
+        return command.reproduce(run_id, repo_root(), args.tolerance)
     if args.command == "sync":
-        from .sync import sync
-
-        sync(repo_root())
+        command.sync(repo_root())
+        return True
+    if args.command == "predict":
+        command.predict(args.inputs, args.model, args.output, args.overlap, workdir)
         return True
     params = load_params(workdir)
     if args.command == "check-params":
         return True
     # Imported only when chosen: each stage pulls in only what it needs (torch, MONAI, MLflow).
-    module = importlib.import_module(f".stages.{args.command}", __package__)
-    module.run(params, workdir)
+    stage = importlib.import_module(f".stages.{args.command}", __package__)
+    stage.run(params, workdir)
     return True

@@ -19,7 +19,7 @@ REQUIRED_KEYS = {
     "lr": float,
     "epochs": int,
     "batch_size": int,
-    "patch_size": list,
+    "patch_voxels": int,
     "data": dict,
     "model": dict,
     "trainer": dict,
@@ -84,15 +84,22 @@ def _check_types(params: DictConfig, path: Path) -> None:
                 f"{path}: `{key}` must be {expected.__name__}, got {value!r}; "
                 f"fix it with `dvc exp run -S {key}=...` or in conf/."
             )
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "patch_voxels"):
         if params[key] < 1:
             raise UserError(f"{path}: `{key}` must be at least 1, got {params[key]}.")
     if not params.lr > 0:
         raise UserError(f"{path}: `lr` must be positive, got {params.lr}.")
-    patch = list(params.patch_size)
-    if len(patch) != 3 or not all(isinstance(edge, int) and edge > 0 for edge in patch):
+    if "patch_size" not in params:
+        raise UserError(f"{path}: key `patch_size` is missing; add it to conf/config.yaml.")
+    patch = params.patch_size
+    patch = list(patch) if OmegaConf.is_config(patch) else patch
+    if patch != "auto" and (
+        not isinstance(patch, list)
+        or len(patch) != 3
+        or not all(isinstance(edge, int) and not isinstance(edge, bool) and edge > 0 for edge in patch)
+    ):
         raise UserError(
-            f"{path}: `patch_size` must be three positive integers (voxels), got {patch}; "
+            f"{path}: `patch_size` must be auto or three positive integers (voxels), got {patch}; "
             "e.g. -S 'patch_size=[64,64,64]'."
         )
 

@@ -18,9 +18,14 @@ class MsdDataset:
     """An MSD folder: ``dataset.json`` plus the image/label pairs it lists."""
 
     root: Path
+    name: str
     labels: dict[int, str]  # class index -> name; 0 is the background
-    in_channels: int
+    channel_names: list[str]  # dataset.json's `modality`, one per image channel (e.g. "CT")
     cases: list[dict[str, str]]  # {"name", "image", "label"} with absolute paths
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
 
     @property
     def num_classes(self) -> int:
@@ -62,7 +67,11 @@ def read_msd(root: Path) -> MsdDataset:
         cases.append(case)
     if not cases:
         raise UserError(f"{path}: `training` lists no cases.")
-    return MsdDataset(root, labels, len(spec.get("modality", {"0": "image"})), cases)
+    modality = spec.get("modality", {"0": "image"})
+    if not isinstance(modality, dict) or set(modality) != {str(i) for i in range(len(modality))}:
+        raise UserError(f'{path}: `modality` must number the channels "0".."N-1", got {modality!r}.')
+    channels = [str(modality[str(index)]) for index in range(len(modality))]
+    return MsdDataset(root, str(spec.get("name", root.name)), labels, channels, cases)
 
 
 def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict:

@@ -68,7 +68,8 @@ def experiment_commit(root: Path, exp_name: str | None, baseline: str | None) ->
 
 def data_tags(workdir: Path, data_paths: list[str]) -> dict[str, str]:
     """``data.<name>.md5`` (exactly as ``dvc.lock`` or a ``.dvc`` file records it) and
-    ``data.<name>.path`` for each input, ``<name>`` being the folder's name."""
+    ``data.<name>.path`` for each input, ``<name>`` being the folder's or file's name
+    without its suffix (``data/raw`` -> raw, ``data/fingerprint.json`` -> fingerprint)."""
     recorded = _recorded_md5s(workdir)
     missing = [path for path in data_paths if path not in recorded]
     if missing:
@@ -79,7 +80,7 @@ def data_tags(workdir: Path, data_paths: list[str]) -> dict[str, str]:
         )
     tags = {}
     for path in data_paths:
-        name = Path(path).name
+        name = Path(path).stem
         tags[f"data.{name}.md5"], tags[f"data.{name}.path"] = recorded[path], path
     return tags
 

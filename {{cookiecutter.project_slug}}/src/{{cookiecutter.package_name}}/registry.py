@@ -50,7 +50,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         )
     client = mlflow.MlflowClient()
     evaluate_run = client.get_run(evaluate_run_id)
-    model = _logged_model(evaluate_run.info.experiment_id, train_run_id)
+    model = logged_model(evaluate_run.info.experiment_id, train_run_id)
     tags = {
         **_provenance_tags(evaluate_run.data.tags),
         "train_run_id": train_run_id,
@@ -65,7 +65,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         _promote_if_better(client, version, metric, mode, metrics[metric])
 
 
-def _logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
+def logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
     """The model the train run logged (MLflow 3 keeps it as a LoggedModel of that run)."""
     # No `status = 'READY'` clause: MLflow 3.17's sqlite store matches no model with it.
     models = mlflow.search_logged_models(

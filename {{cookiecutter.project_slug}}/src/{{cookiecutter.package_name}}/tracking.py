@@ -121,8 +121,12 @@ def start_run(
     workdir: Path,
     data_paths: list[str],
     parent_run_id: str | None = None,
+    resolved: dict[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a run for ``stage`` carrying params, provenance tags, config and package list."""
+    """Start a run for ``stage`` carrying params, provenance tags, config and package list.
+
+    ``resolved`` holds what `auto` settings became (e.g. ``resolved.pixdim``), logged as params.
+    """
     experiment_id = connect(params.tracking.experiment_name, repo_root())
     tags = {"stage": stage, **provenance_tags(params, workdir, data_paths)}
     if parent_run_id:
@@ -137,7 +141,7 @@ def start_run(
     ) as run:
         resolved = resolved_params(params)
         flat = pd.json_normalize(resolved, sep=".").iloc[0].to_dict()
-        mlflow.log_params({key: str(value) for key, value in flat.items()})
+        mlflow.log_params({key: str(value) for key, value in flat.items()} | (resolved or {}))
         mlflow.log_dict(resolved, "config/params.yaml")
         mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
         yield run
@@ -153,13 +157,13 @@ def write_run_metrics(path: Path, run_id: str, metrics: dict) -> None:
     path.write_text(json.dumps({"mlflow_run_id": run_id, **metrics}, indent=2) + "\n")
 
 
-def log_model(
-    model: torch.nn.Module, checkpoint: Path, in_channels: int, labels: dict[int, str], params: DictConfig
-) -> None:
-    """Log the checkpoint's weights as an MLflow PyTorch model, with its I/O described.
+def log_model(model: torch.nn.Module, checkpoint: Path, card: dict) -> None:
+    """Log the checkpoint's weights as an MLflow PyTorch model, with its card as metadata.
 
-    Requirements are given explicitly: inferring them would re-import the model in a
-    subprocess, which costs more than the rest of the logging.
+    The card (network config, channels, labels, preprocessing; see ``models.model_card``) is
+    what `predict` reads to prepare inputs as the training data was prepared. Requirements are
+    given explicitly: inferring them would re-import the model in a subprocess, which costs
+    more than the rest of the logging.
     """
     import mlflow.pytorch
     import monai
@@ -169,14 +173,11 @@ def log_model(
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     model = model.cpu().eval()
     # Two items, so that torch.export keeps the batch dimension dynamic (1 would specialise it).
-    example = np.zeros((2, in_channels, *params.patch_size), dtype=np.float32)
+    example = np.zeros((2, len(card["channels"]), *card["patch_size"]), dtype=np.float32)
     metadata = {
-        "input": f"float32 (batch, {in_channels}, *spatial), intensities scaled to [0, 1]",
-        "output": f"logits (batch, {len(labels)}, *spatial); argmax over channels gives labels",
-        "labels": {str(index): name for index, name in labels.items()},
-        "pixdim_mm": list(params.data.pixdim),
-        "orientation": params.data.orientation,
-        "patch_size": list(params.patch_size),
+        "input": f"float32 (batch, {len(card['channels'])}, *spatial), prepared as card.preprocessing says",
+        "output": f"logits (batch, {len(card['labels'])}, *spatial); argmax over channels gives labels",
+        "card": card,
     }
     mlflow.pytorch.log_model(
         model,

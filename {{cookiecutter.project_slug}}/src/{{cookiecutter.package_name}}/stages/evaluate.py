@@ -16,23 +16,18 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
-from .. import registry, tracking
+from .. import planning, registry, tracking
 from ..engine import configure_runtime, predict, select_device
-from ..loaders import eval_loader
+from ..layout import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
+from ..loaders import eval_loader, read_plan
 from ..models import build_model
 from ..msd import read_msd
 from ..overlays import save_overlay
-from .preprocess import OUTPUT as PROCESSED
-from .train import METRICS as TRAIN_METRICS
-from .train import MODELS
 
 log = logging.getLogger(__name__)
 # MONAI's own HausdorffDistanceMetric passes get_mask_edges an argument that MONAI itself
 # deprecates; the warning is about MONAI's internals, not about anything set here.
 warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
-
-METRICS = Path("metrics/evaluate.json")
-REPORTS = Path("reports")
 
 
 def run(params: DictConfig, workdir: Path) -> None:
@@ -40,6 +35,9 @@ def run(params: DictConfig, workdir: Path) -> None:
     device = select_device(params.trainer)
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
+    plan = read_plan(processed)
+    patch = planning.patch_size(params.patch_size, plan["median_shape"], params.patch_voxels)
+    spacing = plan["preprocessing"]["pixdim"]
     model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
     checkpoint = torch.load(workdir / MODELS / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(checkpoint["model"])
@@ -56,11 +54,11 @@ def run(params: DictConfig, workdir: Path) -> None:
     rows = []
     for index, batch in enumerate(eval_loader(params, processed, "test")):
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        logits = predict(model, images, params.patch_size, params.evaluate.overlap, params.trainer.amp)
+        logits = predict(model, images, patch, params.evaluate.overlap, params.trainer.amp)
         predictions = [to_pred(item) for item in decollate_batch(logits)]
         truths = [to_label(item) for item in decollate_batch(labels)]
         case_dice = dice(predictions, truths)[0].tolist()
-        case_hd = hausdorff(predictions, truths, spacing=list(params.data.pixdim))[0].tolist()
+        case_hd = hausdorff(predictions, truths, spacing=spacing)[0].tolist()
         name = batch["name"][0]
         rows.append(
             {"case": name}
@@ -80,15 +78,16 @@ def run(params: DictConfig, workdir: Path) -> None:
         params,
         "evaluate",
         workdir,
-        [params.data.dir, str(PROCESSED), str(MODELS)],
+        [params.data.dir, str(FINGERPRINT), str(PROCESSED), str(MODELS)],
         parent_run_id=train_run_id,
+        resolved={"resolved.patch_size": planning.describe(patch)},
     ) as run:
         mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
         (workdir / REPORTS).mkdir(parents=True, exist_ok=True)  # also when evaluate.overlays is 0
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         registry.register(params, train_run_id, run.info.run_id, metrics)
-        tracking.write_run_metrics(workdir / METRICS, run.info.run_id, metrics)
+        tracking.write_run_metrics(workdir / EVALUATE_METRICS, run.info.run_id, metrics)
     dice_mean = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
     log.info("Test dice_mean %s (%d cases), run %s", dice_mean, len(rows), run.info.run_id)
 

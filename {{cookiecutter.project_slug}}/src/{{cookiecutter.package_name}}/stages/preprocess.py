@@ -1,44 +1,47 @@
-"""Stage preprocess: orient, resample and normalise the selected dataset; split it by seed."""
+"""Stage preprocess: orient, crop, resample and normalise the selected dataset, case by case;
+split it by seed. The `auto` choices are resolved from the fingerprint and written beside the
+data (plan.json), where train, evaluate and the logged model read them."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import time
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
+from .. import planning
 from ..errors import UserError
-from ..msd import SPLITS_FILE, read_msd, split_cases
+from ..layout import FINGERPRINT, PLAN_FILE, PREPROCESS_METRICS, PROCESSED
+from ..msd import SPLITS_FILE, MsdDataset, read_msd, split_cases
+from ..parallel import map_cases
 from ..transforms import preprocess_transforms
 
 log = logging.getLogger(__name__)
 
-OUTPUT = Path("data/processed")
-
 
 def run(params: DictConfig, workdir: Path) -> None:
+    started = time.perf_counter()
     source = read_msd(workdir / params.data.dir)
-    out = workdir / OUTPUT
+    fingerprint = json.loads((workdir / FINGERPRINT).read_text())
+    preprocessing = {
+        "orientation": params.data.orientation,
+        "pixdim": planning.target_spacing(params.data.pixdim, fingerprint, params.data.orientation),
+        "normalization": planning.normalization(params.data, fingerprint),
+    }
+    out = workdir / PROCESSED
     shutil.rmtree(out, ignore_errors=True)
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir(parents=True)
-    transforms = preprocess_transforms(params.data)
-    for case in source.cases:
-        try:
-            item = transforms({"image": case["image"], "label": case["label"]})
-        except Exception as error:  # MONAI wraps reader errors in RuntimeError
-            raise UserError(f"Could not read case {case['image']} / {case['label']}: {error}") from error
-        _check_case(case, item, source.num_classes)
-        for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
-            array = item[key].numpy()
-            # NIfTI keeps channels last; single-channel volumes are stored as plain 3D.
-            array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-            affine = item[key].affine.numpy()
-            nib.save(nib.Nifti1Image(array, affine), out / folder / f"{case['name']}.nii.gz")
+    work = partial(_preprocess_case, dataset=source, preprocessing=preprocessing, out=out)
+    cases = map_cases(work, source.cases, params.data.num_workers)
+
     splits = split_cases(
         [case["name"] for case in source.cases],
         params.data.val_fraction,
@@ -47,8 +50,8 @@ def run(params: DictConfig, workdir: Path) -> None:
     )
     (out / SPLITS_FILE).write_text(json.dumps(splits, indent=2) + "\n")
     dataset = {
-        "name": f"{params.data.name} (preprocessed)",
-        "modality": {str(i): f"channel_{i}" for i in range(source.in_channels)},
+        "name": f"{source.name} (preprocessed)",
+        "modality": {str(index): name for index, name in enumerate(source.channel_names)},
         "labels": {str(index): name for index, name in source.labels.items()},
         "training": [
             {"image": f"./imagesTr/{case['name']}.nii.gz", "label": f"./labelsTr/{case['name']}.nii.gz"}
@@ -56,27 +59,75 @@ def run(params: DictConfig, workdir: Path) -> None:
         ],
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    median_shape = [int(edge) for edge in np.median([case["shape"] for case in cases], axis=0)]
+    plan = {
+        "preprocessing": preprocessing,
+        "median_shape": median_shape,
+        "size_mb": round(sum(case["bytes"] for case in cases) / 2**20, 3),
+    }
+    (out / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    # What `auto` became, as columns of `dvc exp show`.
+    summary = {
+        "pixdim": planning.describe(preprocessing["pixdim"]),
+        "normalization": preprocessing["normalization"]["kind"],
+        "median_shape": planning.describe(median_shape),
+        "size_mb": plan["size_mb"],
+    }
+    (workdir / PREPROCESS_METRICS).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / PREPROCESS_METRICS).write_text(json.dumps(summary, indent=2) + "\n")
     log.info(
-        "Preprocessed %d cases from %s to %s: %s (data.*, seed)",
-        len(source.cases),
+        "Preprocessed %d cases from %s in %.1f s with %d worker(s): pixdim %s mm (data.pixdim=%s), "
+        "normalization %s (data.normalization=%s), median shape %s, %s MB; splits %s",
+        len(cases),
         params.data.dir,
-        out,
-        {k: len(v) for k, v in splits.items()},
+        time.perf_counter() - started,
+        params.data.num_workers,
+        summary["pixdim"],
+        params.data.pixdim if isinstance(params.data.pixdim, str) else "explicit",
+        summary["normalization"],
+        params.data.normalization,
+        summary["median_shape"],
+        summary["size_mb"],
+        {name: len(names) for name, names in splits.items()},
     )
 
 
-def _check_case(case: dict, item: dict, num_classes: int) -> None:
+def _preprocess_case(case: dict, dataset: MsdDataset, preprocessing: dict, out: Path) -> dict:
+    """Preprocess one case and write it; runs in a worker process when data.num_workers > 1."""
+    torch.set_num_threads(1)  # the workers share the cores; one case per core
+    try:
+        item = preprocess_transforms(preprocessing)({"image": case["image"], "label": case["label"]})
+    except Exception as error:  # MONAI wraps reader errors in RuntimeError
+        raise UserError(f"Could not read case {case['image']} / {case['label']}: {error}") from error
+    _check_case(case, item, dataset)
+    written = 0
+    for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
+        array = item[key].numpy()
+        # NIfTI keeps channels last; single-channel volumes are stored as plain 3D.
+        array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+        nib.save(nib.Nifti1Image(array, item[key].affine.numpy()), out / folder / f"{case['name']}.nii.gz")
+        written += array.nbytes
+    return {"name": case["name"], "shape": list(item["label"].shape[1:]), "bytes": written}
+
+
+def _check_case(case: dict, item: dict, dataset: MsdDataset) -> None:
     image_shape, label_shape = item["image"].shape[1:], item["label"].shape[1:]
     if image_shape != label_shape:
         raise UserError(
             f"{case['label']} has shape {tuple(label_shape)} after resampling, but its image "
             f"{case['image']} has {tuple(image_shape)}; image and label must cover the same grid."
         )
+    if item["image"].shape[0] != dataset.in_channels:
+        raise UserError(
+            f"{case['image']} has {item['image'].shape[0]} channel(s), but dataset.json's `modality` "
+            f"lists {dataset.in_channels} ({', '.join(dataset.channel_names)})."
+        )
     if item["label"].shape[0] != 1:
         raise UserError(f"{case['label']} must be a single-channel label map.")
     highest = int(item["label"].max())
-    if highest >= num_classes:
+    if highest >= dataset.num_classes:
         raise UserError(
             f"{case['label']} contains label {highest}, but dataset.json names only "
-            f"{num_classes} classes (0..{num_classes - 1}); add it to `labels` or fix the file."
+            f"{dataset.num_classes} classes (0..{dataset.num_classes - 1}); "
+            "add it to `labels` or fix the file."
         )

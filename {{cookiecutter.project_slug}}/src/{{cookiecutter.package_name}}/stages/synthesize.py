@@ -12,14 +12,14 @@ import numpy as np
 from monai.data.synthetic import create_test_image_3d
 from omegaconf import DictConfig
 
-log = logging.getLogger(__name__)
+from ..layout import SYNTHETIC
 
-OUTPUT = Path("data/synthetic")
+log = logging.getLogger(__name__)
 
 
 def run(params: DictConfig, workdir: Path) -> None:
     spec = params.synthetic
-    out = workdir / OUTPUT
+    out = workdir / SYNTHETIC
     shutil.rmtree(out, ignore_errors=True)
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir(parents=True)

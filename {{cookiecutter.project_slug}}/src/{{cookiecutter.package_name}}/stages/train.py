@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -11,19 +12,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .. import tracking
+from .. import planning, tracking
 from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
-from ..loaders import eval_loader, train_loader
-from ..models import build_model
+from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, TRAIN_METRICS
+from ..loaders import eval_loader, read_plan, train_loader
+from ..models import build_model, model_card
 from ..msd import read_msd
-from .preprocess import OUTPUT as PROCESSED
 
 log = logging.getLogger(__name__)
-
-MODELS = Path("models")
-METRICS = Path("metrics/train.json")
-PLOTS = Path("plots/train")
 
 
 def run(params: DictConfig, workdir: Path) -> None:
@@ -32,14 +29,24 @@ def run(params: DictConfig, workdir: Path) -> None:
     amp = params.trainer.amp
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
+    plan = read_plan(processed)
+    patch = planning.patch_size(params.patch_size, plan["median_shape"], params.patch_voxels)
+    log.info(
+        "Patch %s voxels (patch_size=%s, patch_voxels=%d)",
+        planning.describe(patch),
+        params.patch_size,
+        params.patch_voxels,
+    )
+    card = model_card(params.model, dataset, plan["preprocessing"], patch)
     model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
     optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
     loss_fn = instantiate_node(params.loss, "loss")
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    train_data = train_loader(params, processed)
+    train_data = train_loader(params, processed, patch)
     val_data = eval_loader(params, processed, "val")
 
-    with tracking.start_run(params, "train", workdir, [params.data.dir, str(PROCESSED)]) as run:
+    inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
+    with tracking.start_run(params, "train", workdir, inputs, resolved=_resolved(plan, patch)) as run:
         losses, dices = [], []
         best_dice, best_epoch = -1.0, 0
         started = time.perf_counter()
@@ -49,14 +56,16 @@ def run(params: DictConfig, workdir: Path) -> None:
             mlflow.log_metric("train_loss", loss, step=epoch)
             message = f"epoch {epoch}/{params.epochs} train_loss {loss:.4f}"
             if epoch % params.train.val_every == 0 or epoch == params.epochs:
-                dice = validate(model, val_data, dataset.num_classes, params.patch_size, device, amp)
+                dice = validate(model, val_data, dataset.num_classes, patch, device, amp)
                 dices.append({"epoch": epoch, "val_dice": dice})
                 mlflow.log_metric("val_dice", dice, step=epoch)
                 message += f" val_dice {dice:.4f}"
                 # The first validation always saves, so that a NaN Dice still leaves a best.pt.
                 if best_epoch == 0 or dice > best_dice:
                     best_dice, best_epoch = dice, epoch
-                    save_checkpoint(workdir / MODELS / "best.pt", model=model.state_dict(), epoch=epoch)
+                    save_checkpoint(
+                        workdir / MODELS / "best.pt", model=model.state_dict(), epoch=epoch, card=card
+                    )
             log.info(message)
         seconds = time.perf_counter() - started
         save_checkpoint(
@@ -65,19 +74,34 @@ def run(params: DictConfig, workdir: Path) -> None:
             optimizer=optimizer.state_dict(),
             scaler=scaler.state_dict(),
             epoch=params.epochs,
+            card=card,
         )
         summary = {
             "best_val_dice": best_dice,
             "best_epoch": best_epoch,
             "final_train_loss": losses[-1]["train_loss"],
         }
-        # Wall time goes to MLflow only: the DVC metrics file holds what reproduces exactly.
-        mlflow.log_metrics({**summary, "train_seconds": round(seconds, 1)})
+        # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        mlflow.log_metrics(
+            {**summary, "train_seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb, 1)}
+        )
         (workdir / PLOTS).mkdir(parents=True, exist_ok=True)
         pd.DataFrame(losses).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
         pd.DataFrame(dices).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
         if params.tracking.log_model:
-            best = workdir / MODELS / "best.pt"
-            tracking.log_model(model, best, dataset.in_channels, dataset.labels, params)
-        tracking.write_run_metrics(workdir / METRICS, run.info.run_id, summary)
+            tracking.log_model(model, workdir / MODELS / "best.pt", card)
+        tracking.write_run_metrics(
+            workdir / TRAIN_METRICS, run.info.run_id, summary | {"patch_size": planning.describe(patch)}
+        )
     log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
+
+
+def _resolved(plan: dict, patch: list[int]) -> dict[str, str]:
+    """The values that `auto` settings became, logged as MLflow params beside the settings."""
+    preprocessing = plan["preprocessing"]
+    return {
+        "resolved.pixdim": planning.describe(preprocessing["pixdim"]),
+        "resolved.normalization": preprocessing["normalization"]["kind"],
+        "resolved.patch_size": planning.describe(patch),
+    }

@@ -1,0 +1,19 @@
+"""Where the stages read and write, relative to the repository root (dvc.yaml names the same paths).
+
+One module for the paths, so that no stage imports another stage to find its outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SYNTHETIC = Path("data/synthetic")
+FINGERPRINT = Path("data/fingerprint.json")
+PROCESSED = Path("data/processed")
+PLAN_FILE = "plan.json"  # in PROCESSED: the preprocessing that preprocess resolved and applied
+MODELS = Path("models")
+REPORTS = Path("reports")
+PLOTS = Path("plots/train")
+PREPROCESS_METRICS = Path("metrics/preprocess.json")
+TRAIN_METRICS = Path("metrics/train.json")
+EVALUATE_METRICS = Path("metrics/evaluate.json")

@@ -1,0 +1,178 @@
+"""``predict``: segment new NIfTI inputs with a trained model, on each input's own grid.
+
+The model comes with its card (network config, channels, labels, preprocessing; see
+``models.model_card``), so an input is prepared exactly as the model's training data was:
+the same orientation, crop, spacing and normalisation statistics. The mask is then mapped back
+through those transforms (MONAI's Invertd) to the input's own shape and affine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import Invertd
+from omegaconf import OmegaConf
+
+from . import engine
+from .config import PARAMS_FILE, repo_root
+from .errors import UserError
+from .models import model_from_card
+from .registry import CHAMPION, logged_model
+from .tracking import tracking_uri
+from .transforms import preprocess_transforms
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
+
+
+@dataclass
+class LoadedModel:
+    card: dict
+    state: dict[str, torch.Tensor]
+    source: dict[str, str] = field(default_factory=dict)  # what the sidecar records about it
+
+
+def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: float, workdir: Path) -> None:
+    files = input_files(inputs)
+    loaded = load_model(model_ref, workdir)
+    card = loaded.card
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from_card(card, loaded.state).to(device)
+    prepare = preprocess_transforms(card["preprocessing"], keys=("image",))
+    restore = Invertd(keys="mask", transform=prepare, orig_keys="image", nearest_interp=True)
+    output.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        source = check_input(path, card["channels"])
+        item = prepare({"image": str(path)})
+        logits = engine.predict(model, item["image"][None].to(device), card["patch_size"], overlap, True)
+        item["mask"] = logits[0].argmax(0, keepdim=True).cpu().float()
+        mask = restore(item)["mask"][0].numpy().round().astype(np.uint8)
+        if mask.shape != source.shape[:3]:
+            raise RuntimeError(f"mask shape {mask.shape} != input shape {source.shape[:3]} for {path}")
+        name = path.name
+        nib.save(nib.Nifti1Image(mask, source.affine), output / name)
+        sidecar = {
+            **loaded.source,
+            "input": str(path),
+            "input_md5": hashlib.md5(path.read_bytes()).hexdigest(),
+            "labels": card["labels"],
+        }
+        (output / f"{name.removesuffix('.gz').removesuffix('.nii')}.json").write_text(
+            json.dumps(sidecar, indent=2) + "\n"
+        )
+        log.info(
+            "%s -> %s (%s)", path, output / name, ", ".join(f"{k}={v}" for k, v in loaded.source.items())
+        )
+
+
+def input_files(inputs: list[str]) -> list[Path]:
+    """The NIfTI files named, and those inside the folders named, sorted; names must not repeat."""
+    files: list[Path] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            files += sorted(p for p in entry.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise UserError(f"{entry} does not exist; give NIfTI files or folders of them.")
+    if not files:
+        raise UserError(f"No .nii or .nii.gz file in {', '.join(inputs)}.")
+    names = [path.name for path in files]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(
+            f"Several inputs are named {', '.join(repeated)}; their masks would overwrite each other."
+        )
+    return files
+
+
+def check_input(path: Path, channels: list[str]) -> nib.Nifti1Image:
+    """The input's header, if it is a 3D or 4D (channels last) NIfTI with the model's channels."""
+    try:
+        image = nib.load(path)
+    except Exception as error:  # nibabel raises several types for a file it cannot read
+        raise UserError(f"{path} is not a NIfTI file nibabel can read ({error}).") from error
+    shape = image.shape
+    if len(shape) not in (3, 4):
+        raise UserError(f"{path} has shape {shape}; inputs must be 3D, or 4D with the channels last.")
+    found = 1 if len(shape) == 3 else shape[3]
+    if found != len(channels):
+        raise UserError(
+            f"{path} has {found} channel(s), but the model takes {len(channels)} ({', '.join(channels)}); "
+            "give a 4D NIfTI with the channels last, in that order."
+        )
+    return image
+
+
+def load_model(reference: str | None, workdir: Path) -> LoadedModel:
+    """A checkpoint path, an MLflow run id, or a models:/ URI (default: the champion)."""
+    if reference and Path(reference).is_file():
+        return _from_checkpoint(Path(reference))
+    mlflow.set_tracking_uri(tracking_uri(repo_root()))
+    if reference is None:
+        reference = f"models:/{_experiment_name(workdir)}@{CHAMPION}"
+    source = {"model": reference}
+    if RUN_ID.fullmatch(reference):
+        run = mlflow.MlflowClient().get_run(reference)
+        source["run_id"] = reference
+        uri = f"models:/{logged_model(run.info.experiment_id, reference).model_id}"
+    elif reference.startswith(("models:/", "runs:/")):
+        uri = reference
+    else:
+        raise UserError(f"--model {reference}: not a file, an MLflow run id, or a models:/ or runs:/ URI.")
+    if match := REGISTERED.fullmatch(uri):
+        source |= _registered_version(match)
+    try:
+        card = (mlflow.models.get_model_info(uri).metadata or {}).get("card")
+        network = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except mlflow.exceptions.MlflowException as error:
+        raise UserError(
+            f"Cannot load model {reference} from {mlflow.get_tracking_uri()}: {error.message}"
+        ) from error
+    if card is None:
+        raise UserError(f"Model {reference} has no card in its metadata; retrain it with this version.")
+    return LoadedModel(card, network.state_dict(), source)
+
+
+def _from_checkpoint(path: Path) -> LoadedModel:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "card" not in checkpoint:
+        raise UserError(f"{path} holds no model card; use a checkpoint written by the train stage.")
+    return LoadedModel(checkpoint["card"], checkpoint["model"], {"model": str(path)})
+
+
+def _registered_version(match: re.Match) -> dict[str, str]:
+    client = mlflow.MlflowClient()
+    name = match["name"]
+    try:
+        if match["alias"]:
+            version = client.get_model_version_by_alias(name, match["alias"])
+        else:
+            version = client.get_model_version(name, match["version"])
+    except mlflow.exceptions.MlflowException as error:
+        raise UserError(f"models:/{name}: {error.message} (see `mlflow ui`, Models).") from error
+    return {
+        "registered_model": name,
+        "version": str(version.version),
+        "run_id": version.tags.get("train_run_id", ""),
+    }
+
+
+def _experiment_name(workdir: Path) -> str:
+    params = workdir / PARAMS_FILE
+    if not params.is_file():
+        raise UserError(f"No {params}: run inside the project, or give --model.")
+    return OmegaConf.load(params).tracking.experiment_name

@@ -1,0 +1,40 @@
+"""Stage fingerprint: summarise the selected dataset; preprocess derives its `auto` choices from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..fingerprint import fingerprint_case, summarise
+from ..layout import FINGERPRINT
+from ..msd import read_msd
+from ..parallel import map_cases
+
+log = logging.getLogger(__name__)
+
+
+def run(params: DictConfig, workdir: Path) -> None:
+    started = time.perf_counter()
+    dataset = read_msd(workdir / params.data.dir)
+    cases = map_cases(
+        partial(fingerprint_case, dataset=dataset, seed=params.seed), dataset.cases, params.data.num_workers
+    )
+    fingerprint = summarise(dataset, cases)
+    out = workdir / FINGERPRINT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial_file = out.with_suffix(".partial")
+    partial_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    partial_file.replace(out)
+    log.info(
+        "Fingerprinted %d cases of %s in %.1f s with %d worker(s): modality %s (data.dir, data.num_workers)",
+        len(cases),
+        params.data.dir,
+        time.perf_counter() - started,
+        params.data.num_workers,
+        ", ".join(fingerprint["modality"]),
+    )
