@@ -91,6 +91,9 @@ def test_override_of_params_alone_is_not_stale(config, workdir: Path) -> None:
         ("batch_size", 2.5),
         ("seed", True),
         ("patch_size", 48),
+        ("patch_size", "big"),
+        ("patch_size", [0, 1]),
+        ("patch_size", [32, 32, 0]),
         ("model", "unet"),
     ],
 )
@@ -103,7 +106,9 @@ def test_wrong_type_names_the_key(config, user_error, workdir: Path, key: str, v
     assert str(path) in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", -1.0)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("epochs", 0), ("batch_size", 0), ("patch_voxels", 0), ("lr", 0.0), ("lr", -1.0)]
+)
 def test_out_of_range_value_names_the_key(config, user_error, workdir: Path, key: str, value: object) -> None:
     set_param(workdir, key, value)
     with pytest.raises(user_error, match=f"`{key}`"):
@@ -169,7 +174,7 @@ def test_data_options_keep_paths_relative(option: str) -> None:
     # Absolute or ${oc.env:...} paths would make params.yaml machine-specific.
     data = compose_conf([f"data={option}"]).data
     assert not Path(data.dir).is_absolute()
-    assert len(data.pixdim) == 3 and all(spacing > 0 for spacing in data.pixdim)
+    assert data.pixdim == "auto" or (len(data.pixdim) == 3 and all(spacing > 0 for spacing in data.pixdim))
     assert 0 < data.val_fraction + data.test_fraction < 1
 
 

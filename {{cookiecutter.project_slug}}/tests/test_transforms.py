@@ -1,4 +1,4 @@
-"""Preprocessing transforms on a real anisotropic NIfTI: orientation, spacing, intensity, label dtype."""
+"""Preprocessing transforms on a real anisotropic NIfTI: orientation, crop, spacing, normalisation, labels."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHAPE = (10, 20, 20)
 SPACING = (2.0, 1.0, 1.0)
 ORIGIN = (10.0, 20.0, -5.0)
@@ -34,16 +32,17 @@ def write_case(folder: Path) -> dict[str, str]:
     return {"image": str(folder / "image.nii.gz"), "label": str(folder / "label.nii.gz")}
 
 
-def data_config(option: str, **changes: object):
-    data = OmegaConf.load(CONF_DIR / "data" / f"{option}.yaml")
-    return OmegaConf.merge(data, changes)
+WINDOW = {"kind": "window", "a_min": -175.0, "a_max": 250.0}
 
 
-@pytest.mark.parametrize("option", sorted(path.stem for path in (CONF_DIR / "data").glob("*.yaml")))
-def test_preprocess_resamples_to_configured_pixdim_in_ras(transforms, tmp_path: Path, option: str) -> None:
-    data = data_config(option)
-    item = transforms.preprocess_transforms(data)(write_case(tmp_path))
-    pixdim = np.array(data.pixdim, dtype=float)
+def preprocessing(pixdim: tuple[float, ...] = (1.0, 1.0, 1.0), normalization: dict | None = None) -> dict:
+    """What the preprocess stage resolves from data.* and the fingerprint."""
+    return {"orientation": "RAS", "pixdim": list(pixdim), "normalization": normalization or WINDOW}
+
+
+@pytest.mark.parametrize("pixdim", [(1.5, 1.5, 2.0), (1.0, 1.0, 1.0)])
+def test_preprocess_resamples_to_pixdim_in_ras(transforms, tmp_path: Path, pixdim: tuple) -> None:
+    item = transforms.preprocess_transforms(preprocessing(pixdim))(write_case(tmp_path))
     for key in ("image", "label"):
         affine = item[key].affine.numpy()
         # Orientation RAS: axes point along +x, +y, +z with the configured spacing.
@@ -58,27 +57,55 @@ def test_preprocess_resamples_to_configured_pixdim_in_ras(transforms, tmp_path: 
         extent = (np.array(SHAPE) - 1) * np.array(SPACING)
         shape = np.array(item[key].shape[1:])
         assert item[key].shape[0] == 1
-        assert np.all(np.abs(shape - (extent / pixdim + 1)) <= 1), shape
+        assert np.all(np.abs(shape - (extent / np.array(pixdim) + 1)) <= 1), shape
     assert item["image"].shape == item["label"].shape
 
 
 def test_preprocess_output_shape_at_one_millimetre(transforms, tmp_path: Path) -> None:
-    item = transforms.preprocess_transforms(data_config("synthetic"))(write_case(tmp_path))
+    item = transforms.preprocess_transforms(preprocessing())(write_case(tmp_path))
     # 10 voxels 2 mm apart span 18 mm: 19 voxels at 1 mm; the 1 mm axes keep their 20.
     assert tuple(item["image"].shape) == (1, 19, 20, 20)
 
 
-def test_preprocess_scales_intensity_into_unit_range(transforms, tmp_path: Path) -> None:
-    data = data_config("synthetic", intensity={"a_min": -175.0, "a_max": 250.0})
-    image = transforms.preprocess_transforms(data)(write_case(tmp_path))["image"]
+def test_preprocess_crops_the_zero_border_of_image_and_label_alike(transforms, tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    image = nib.load(case["image"])
+    voxels = np.asarray(image.dataobj).copy()
+    voxels[:, :5, :] = 0  # air around the scan, as in most MRI
+    nib.save(nib.Nifti1Image(voxels, image.affine), case["image"])
+    item = transforms.preprocess_transforms(preprocessing())(case)
+    assert tuple(item["image"].shape) == (1, 19, 15, 20)
+    assert item["label"].shape == item["image"].shape
+
+
+def test_window_scales_intensity_into_unit_range(transforms, tmp_path: Path) -> None:
+    image = transforms.preprocess_transforms(preprocessing())(write_case(tmp_path))["image"]
     assert image.dtype == torch.float32
     assert float(image.min()) == 0.0 and float(image.max()) == 1.0
     inside = (image > 0) & (image < 1)
     assert inside.any(), "values inside the window must map into (0, 1), not only to its ends"
 
 
+def test_zscore_gives_each_image_mean_zero_and_unit_std(transforms, tmp_path: Path) -> None:
+    prepare = transforms.preprocess_transforms(preprocessing(normalization={"kind": "zscore"}))
+    image = prepare(write_case(tmp_path))["image"]
+    assert float(image.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(image.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_ct_clips_to_the_dataset_percentiles_then_standardises(transforms, tmp_path: Path) -> None:
+    stats = {"lower": -100.0, "upper": 300.0, "mean": 50.0, "std": 100.0}
+    prepare = transforms.preprocess_transforms(
+        preprocessing(normalization={"kind": "ct", "channels": [stats]})
+    )
+    image = prepare(write_case(tmp_path))["image"]
+    # -1000..1000 HU clipped to -100..300, then (x - 50) / 100.
+    assert float(image.min()) == pytest.approx(-1.5)
+    assert float(image.max()) == pytest.approx(2.5)
+
+
 def test_preprocess_keeps_label_values_as_uint8(transforms, tmp_path: Path) -> None:
-    label = transforms.preprocess_transforms(data_config("synthetic"))(write_case(tmp_path))["label"]
+    label = transforms.preprocess_transforms(preprocessing())(write_case(tmp_path))["label"]
     assert label.dtype == torch.uint8
     assert sorted(torch.unique(label).tolist()) == [0, 1, 2]
     # Nearest-neighbour resampling keeps each region at about its physical volume (mm^3).
