@@ -139,10 +139,10 @@ def start_run(
         tags=tags,
         log_system_metrics=True,
     ) as run:
-        resolved = resolved_params(params)
-        flat = pd.json_normalize(resolved, sep=".").iloc[0].to_dict()
+        plain = resolved_params(params)
+        flat = pd.json_normalize(plain, sep=".").iloc[0].to_dict()
         mlflow.log_params({key: str(value) for key, value in flat.items()} | (resolved or {}))
-        mlflow.log_dict(resolved, "config/params.yaml")
+        mlflow.log_dict(plain, "config/params.yaml")
         mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
         yield run
 

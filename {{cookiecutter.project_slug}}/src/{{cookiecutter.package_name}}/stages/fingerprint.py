@@ -31,7 +31,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     partial_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
     partial_file.replace(out)
     log.info(
-        "Fingerprinted %d cases of %s in %.1f s with %d worker(s): modality %s (data.dir, data.num_workers)",
+        "Fingerprinted %d cases of %s in %.2f s with %d worker(s): modality %s (data.dir, data.num_workers)",
         len(cases),
         params.data.dir,
         time.perf_counter() - started,

@@ -76,7 +76,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     (workdir / PREPROCESS_METRICS).parent.mkdir(parents=True, exist_ok=True)
     (workdir / PREPROCESS_METRICS).write_text(json.dumps(summary, indent=2) + "\n")
     log.info(
-        "Preprocessed %d cases from %s in %.1f s with %d worker(s): pixdim %s mm (data.pixdim=%s), "
+        "Preprocessed %d cases from %s in %.2f s with %d worker(s): pixdim %s mm (data.pixdim=%s), "
         "normalization %s (data.normalization=%s), median shape %s, %s MB; splits %s",
         len(cases),
         params.data.dir,

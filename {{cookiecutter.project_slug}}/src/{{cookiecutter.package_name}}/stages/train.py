@@ -16,7 +16,7 @@ from .. import planning, tracking
 from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
 from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, TRAIN_METRICS
-from ..loaders import eval_loader, read_plan, train_loader
+from ..loaders import cache_choice, eval_loader, read_plan, train_loader
 from ..models import build_model, model_card
 from ..msd import read_msd
 
@@ -46,7 +46,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     val_data = eval_loader(params, processed, "val")
 
     inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
-    with tracking.start_run(params, "train", workdir, inputs, resolved=_resolved(plan, patch)) as run:
+    with tracking.start_run(params, "train", workdir, inputs, resolved=_resolved(params, plan, patch)) as run:
         losses, dices = [], []
         best_dice, best_epoch = -1.0, 0
         started = time.perf_counter()
@@ -97,11 +97,12 @@ def run(params: DictConfig, workdir: Path) -> None:
     log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
 
 
-def _resolved(plan: dict, patch: list[int]) -> dict[str, str]:
+def _resolved(params: DictConfig, plan: dict, patch: list[int]) -> dict[str, str]:
     """The values that `auto` settings became, logged as MLflow params beside the settings."""
     preprocessing = plan["preprocessing"]
     return {
         "resolved.pixdim": planning.describe(preprocessing["pixdim"]),
         "resolved.normalization": preprocessing["normalization"]["kind"],
         "resolved.patch_size": planning.describe(patch),
+        "resolved.cache": cache_choice(params.data, plan["size_mb"]),
     }
