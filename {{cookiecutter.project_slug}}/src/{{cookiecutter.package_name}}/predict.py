@@ -73,9 +73,8 @@ def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: flo
         (output / f"{name.removesuffix('.gz').removesuffix('.nii')}.json").write_text(
             json.dumps(sidecar, indent=2) + "\n"
         )
-        log.info(
-            "%s -> %s (%s)", path, output / name, ", ".join(f"{k}={v}" for k, v in loaded.source.items())
-        )
+        model_source = ", ".join(f"{key}={value}" for key, value in loaded.source.items())
+        log.info("%s -> %s on %s (%s)", path, output / name, device, model_source)
 
 
 def input_files(inputs: list[str]) -> list[Path]:
