@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +137,10 @@ def load_model(reference: str | None, workdir: Path) -> LoadedModel:
         source |= _registered_version(match)
     try:
         card = (mlflow.models.get_model_info(uri).metadata or {}).get("card")
-        network = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with warnings.catch_warnings():
+            # torch.export's loader wraps the read-only archive in tensors; only the weights are used.
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            network = mlflow.pytorch.load_model(uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as error:
         raise UserError(
             f"Cannot load model {reference} from {mlflow.get_tracking_uri()}: {error.message}"

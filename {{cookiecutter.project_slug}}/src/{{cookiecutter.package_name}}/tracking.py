@@ -184,6 +184,10 @@ def log_model(model: torch.nn.Module, checkpoint: Path, card: dict) -> None:
         name="model",
         input_example=example,
         metadata=metadata,
+        # MLflow would load the model back to run the example, on the GPU when there is one,
+        # where a pt2 model exported from CPU weights fails with a warning; `predict` loads
+        # it through its card instead, on either device (tested).
+        validate_serving_input=False,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"],
     )
 
