@@ -1,4 +1,4 @@
-"""Command line: the DVC stages (dvc.yaml calls these), `predict`, and the provenance tools."""
+"""Command line: the DVC stages (dvc.yaml calls these), `predict`, `search`, and the provenance tools."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     predict.add_argument("--output", type=Path, default=Path("predictions"), help="folder for the masks")
     predict.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction")
+    search = commands.add_parser(
+        "search", help="Bayesian search (Optuna) over conf/search.yaml; trials are DVC experiments"
+    )
+    search.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    search.add_argument("--jobs", type=int, default=1, help="trials run at once, through DVC's queue")
+    search.add_argument("--study", default="search", help="study name; also prefixes the experiments' names")
+    search.add_argument(
+        "-S", dest="fixed", action="append", default=[], metavar="KEY=VALUE", help="a value every trial uses"
+    )
     verify = commands.add_parser("verify", help="recompute a run's data, code and params hashes here")
     verify.add_argument("run_id", nargs="?", help="MLflow run id (default: the workspace's latest run)")
     reproduce = commands.add_parser("reproduce", help="re-run a run from its recorded inputs and compare")
@@ -56,7 +65,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
     from .config import load_params, repo_root
 
     workdir = Path.cwd()
-    if args.command in ("verify", "reproduce", "sync", "predict"):
+    if args.command in ("verify", "reproduce", "sync", "predict", "search"):
         command = importlib.import_module(f".{args.command}", __package__)
     if args.command == "verify":
         return command.verify(args.run_id, workdir)
@@ -65,6 +74,9 @@ def _dispatch(args: argparse.Namespace) -> bool:
         return command.reproduce(run_id, repo_root(), args.tolerance)
     if args.command == "sync":
         command.sync(repo_root())
+        return True
+    if args.command == "search":
+        command.search(repo_root(), args.trials, args.jobs, args.study, args.fixed)
         return True
     if args.command == "predict":
         command.predict(args.inputs, args.model, args.output, args.overlap, workdir)

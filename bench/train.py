@@ -1,0 +1,183 @@
+"""The train stage against a bare MONAI loop, and the pipeline's fixed costs, measured side by side.
+
+Bakes a project, runs its default experiment once (data, fingerprint, preprocess), then,
+interleaved and best of --repeats:
+- train throughput: the bare loop's seconds (bench/bare_loop.py) over the stage's own
+  ``train_seconds`` (same data, network, loss, optimizer, crops, batch, epochs, validation
+  cadence and device); target >= 0.97;
+- stage start-up: process start to the first batch (the stage's ``startup_seconds``) over a
+  bare ``python -c "import torch, monai"``; target <= 1.3;
+- tracking overhead: what the stage's loop costs beyond the bare loop, per epoch, as a share
+  of the bare epoch; target <= 2 %;
+- a no-op `dvc exp run` (nothing changed): seconds, and whether any stage ran; target <= 3 s.
+
+    python bench/train.py                # the template's default experiment, best of 3
+    python bench/train.py --quick        # 2 epochs on tiny data, once: checks that it runs (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+TEMPLATE = BENCH.parent
+PACKAGE = "organ_segmentation"
+QUICK = [
+    "epochs=2",
+    "synthetic.num_cases=6",
+    "synthetic.size=32",
+    "patch_size=[32,32,32]",
+]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, float]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        sys.exit(
+            f"`{' '.join(args)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result.stdout + result.stderr, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data, 2 epochs, once: checks that it runs",
+    )
+    parser.add_argument(
+        "--project", type=Path, help="a freshly baked project to copy instead of baking"
+    )
+    parser.add_argument(
+        "-S",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="extra `dvc exp run -S` override",
+    )
+    args = parser.parse_args()
+    overrides = (QUICK if args.quick else []) + args.overrides
+    repeats = 1 if args.quick else args.repeats
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+        env = {
+            **os.environ,
+            "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        project = Path(scratch) / "organ-segmentation"
+        if (
+            args.project
+        ):  # a project baked elsewhere (e.g. on a GPU machine without cookiecutter)
+            shutil.copytree(args.project, project, symlinks=True)
+        else:
+            bake = [
+                sys.executable,
+                "-m",
+                "cookiecutter",
+                "--no-input",
+                "--output-dir",
+                scratch,
+            ]
+            run([*bake, str(TEMPLATE)], Path(scratch), env)
+        env["PYTHONPATH"] = str(project / "src")
+        sets = [arg for override in overrides for arg in ("-S", override)]
+        run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, env)
+        client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+        params = json.loads((project / "metrics" / "train.json").read_text())
+        epochs = int(yaml.safe_load((project / "params.yaml").read_text())["epochs"])
+        # The experiment committed, a second `dvc exp run` has nothing to do.
+        run(["git", "add", "-A"], project, env)
+        run(
+            [
+                "git",
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.org",
+                "commit",
+                "-qm",
+                "bench",
+            ],
+            project,
+            env,
+        )
+        noop, noop_seconds = run(
+            [sys.executable, "-m", "dvc", "exp", "run", *sets], project, env
+        )
+
+        best = {
+            "stage_loop": float("inf"),
+            "stage_startup": float("inf"),
+            "bare_loop": float("inf"),
+            "imports": float("inf"),
+        }
+        device = "?"
+        for _ in range(repeats):
+            run([sys.executable, "-m", PACKAGE, "train"], project, env)
+            metrics = client.get_run(
+                json.loads((project / "metrics" / "train.json").read_text())[
+                    "mlflow_run_id"
+                ]
+            ).data.metrics
+            best["stage_loop"] = min(best["stage_loop"], metrics["train_seconds"])
+            best["stage_startup"] = min(
+                best["stage_startup"], metrics["startup_seconds"]
+            )
+            output, _ = run(
+                [sys.executable, str(BENCH / "bare_loop.py"), str(project)],
+                project,
+                env,
+            )
+            bare = json.loads(output.strip().splitlines()[-1])
+            best["bare_loop"], device = (
+                min(best["bare_loop"], bare["loop_seconds"]),
+                bare["device"],
+            )
+            _, seconds = run(
+                [sys.executable, "-c", "import torch, monai"], project, env
+            )
+            best["imports"] = min(best["imports"], seconds)
+
+    ran = [line for line in noop.splitlines() if line.startswith("Running stage")]
+    overhead = (
+        (best["stage_loop"] - best["bare_loop"]) / epochs / (best["bare_loop"] / epochs)
+    )
+    print(
+        f"device {device}; {epochs} epochs; patch {params['patch_size']}; best of {repeats}"
+    )
+    print(
+        f"  train throughput   bare loop {best['bare_loop']:.2f} s / stage loop {best['stage_loop']:.2f} s = {best['bare_loop'] / best['stage_loop']:.3f}   (target >= 0.97)"
+    )
+    print(
+        f"  stage start-up     {best['stage_startup']:.2f} s to the first batch / `import torch, monai` {best['imports']:.2f} s = {best['stage_startup'] / best['imports']:.2f}x   (target <= 1.3)"
+    )
+    print(
+        f"  tracking overhead  {100 * overhead:.1f} % of a bare epoch   (target <= 2 %)"
+    )
+    print(
+        f"  no-op dvc exp run  {noop_seconds:.1f} s, stages run: {len(ran)}   (target <= 3 s, none)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""``search``: Bayesian search (Optuna's TPE) in which every trial is a DVC experiment.
+
+Each trial's params, proposed from the space in conf/search.yaml, are run with
+`dvc exp run -S key=value ...` (``--jobs`` > 1: queued, then run in parallel by DVC's queue),
+and its score is read back from the experiment's DVC metric. So every trial is an ordinary
+row of `dvc exp show` and an ordinary MLflow run with the whole provenance contract. The study
+lives in ``optuna.db`` beside ``mlflow.db``: a search that stops resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import yaml
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPACE_FILE = Path("conf/search.yaml")
+STUDY_DB = "optuna.db"
+METRICS_FILE = "metrics/evaluate.json"
+
+
+def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]) -> None:
+    """Run trials until the study holds ``trials`` finished ones; log the best."""
+    spec = _read_space(root / SPACE_FILE)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=f"sqlite:///{root / STUDY_DB}",
+        direction=spec["direction"],
+        load_if_exists=True,
+    )
+    # Seeded by the trials so far: a resumed search goes on where it was, instead of repeating
+    # the proposals that a sampler with a fixed seed starts with.
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
+    _settle_interrupted(study, root, spec["metric"])
+    while (done := _finished(study)) < trials:
+        batch = [study.ask(spec["distributions"]) for _ in range(min(jobs, trials - done))]
+        names = {trial.number: f"{study_name}-{trial.number}" for trial in batch}
+        for trial in batch:
+            trial.set_user_attr("dvc_exp_name", names[trial.number])
+            overrides = [*fixed, *(f"{key}={value}" for key, value in trial.params.items())]
+            queue = ["--queue"] if jobs > 1 else []
+            log.info("Trial %d: %s", trial.number, " ".join(overrides))
+            _dvc(root, "exp", "run", *queue, "--name", names[trial.number], *_sets(overrides), check=jobs > 1)
+        if jobs > 1:
+            _dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
+        scores = _experiment_scores(root, spec["metric"])
+        for trial in batch:
+            score = scores.get(names[trial.number])
+            state = optuna.trial.TrialState.COMPLETE if score is not None else optuna.trial.TrialState.FAIL
+            study.tell(trial, score if score is not None else None, state=state)
+            log.info("Trial %d (%s): %s = %s", trial.number, names[trial.number], spec["metric"], score)
+    best = study.best_trial
+    log.info(
+        "Best of %d trials: %s = %.4f with %s (DVC experiment %s; `dvc exp apply %s` takes it)",
+        _finished(study),
+        spec["metric"],
+        best.value,
+        best.params,
+        best.user_attrs.get("dvc_exp_name"),
+        best.user_attrs.get("dvc_exp_name"),
+    )
+
+
+def _read_space(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: it declares the search space (see README, Sweeps).")
+    spec = yaml.safe_load(path.read_text())
+    distributions = {}
+    for key, entry in (spec.get("space") or {}).items():
+        kind = entry.get("type")
+        if kind == "float":
+            distributions[key] = optuna.distributions.FloatDistribution(
+                entry["low"], entry["high"], log=entry.get("log", False)
+            )
+        elif kind == "int":
+            distributions[key] = optuna.distributions.IntDistribution(
+                entry["low"], entry["high"], log=entry.get("log", False)
+            )
+        elif kind == "categorical":
+            distributions[key] = optuna.distributions.CategoricalDistribution(entry["choices"])
+        else:
+            raise UserError(f"{path}: `space.{key}.type` must be float, int or categorical, got {kind!r}.")
+    if not distributions or spec.get("direction") not in ("maximize", "minimize"):
+        raise UserError(f"{path} needs a non-empty `space` and `direction: maximize` or `minimize`.")
+    return {
+        "metric": spec.get("metric", "dice_mean"),
+        "direction": spec["direction"],
+        "distributions": distributions,
+    }
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _settle_interrupted(study: optuna.Study, root: Path, metric: str) -> None:
+    """Trials left running by a stopped search: scored if their experiment finished, else failed."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if not running:
+        return
+    scores = _experiment_scores(root, metric)
+    for trial in running:
+        score = scores.get(trial.user_attrs.get("dvc_exp_name"))
+        state = optuna.trial.TrialState.COMPLETE if score is not None else optuna.trial.TrialState.FAIL
+        study.tell(trial.number, score, state=state)
+
+
+def _experiment_scores(root: Path, metric: str) -> dict[str, float]:
+    """``metric`` of every DVC experiment, by name, from `dvc exp show --json`."""
+    shown = json.loads(_dvc(root, "exp", "show", "--json").stdout)
+    scores = {}
+    for entry in shown:
+        for experiment in entry.get("experiments") or []:
+            for rev in experiment["revs"]:
+                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(METRICS_FILE, {})
+                value = (metrics.get("data") or {}).get(metric)
+                if rev.get("name") and isinstance(value, int | float):
+                    scores[rev["name"]] = float(value)
+    return scores
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("-S", override)]
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A dvc command in ``root``; a failed trial (``check=False``) is logged, and scored as failed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=dict(os.environ), capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        if check:
+            raise UserError(f"`dvc {' '.join(args)}` failed:\n{result.stderr[-3000:]}")
+        log.warning("`dvc %s` failed:\n%s", " ".join(args), result.stderr[-3000:])
+    return result

@@ -1,0 +1,56 @@
+"""`search`: every Optuna trial is a DVC experiment and an MLflow run; a stopped study resumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def experiments(workspace: Path, run) -> dict[str, dict]:
+    """`dvc exp show --json` metrics of metrics/evaluate.json, by experiment name."""
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
+    found = {}
+    for entry in shown:
+        for experiment in entry.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    return found
+
+
+def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Path, copy_project, run) -> None:
+    workspace = copy_project(tmp_path)
+    package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
+    search = [sys.executable, "-m", package, "search", *(arg for o in TINY for arg in ("-S", o))]
+
+    run([*search, "--trials", "3"], workspace)
+    # Stopped after 3; asked for 5, it adds 2, run side by side through DVC's queue.
+    resumed = run([*search, "--trials", "5", "--jobs", "2"], workspace)
+    assert "Best of 5 trials" in resumed.stderr, resumed.stderr[-2000:]
+
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}")
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5
+    shown = experiments(workspace, run)
+    names = {trial.user_attrs["dvc_exp_name"] for trial in complete}
+    assert names <= set(shown), (sorted(names), sorted(shown))
+    for trial in complete:
+        assert shown[trial.user_attrs["dvc_exp_name"]]["dice_mean"] == pytest.approx(trial.value)
+    assert study.best_value == max(trial.value for trial in complete)
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    name = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment_id], "tags.stage = 'train'", max_results=100)
+    assert sorted(r.data.tags["dvc.exp_name"] for r in runs) == sorted(names)
+    for found in runs:
+        trial = next(t for t in complete if t.user_attrs["dvc_exp_name"] == found.data.tags["dvc.exp_name"])
+        assert float(found.data.params["lr"]) == pytest.approx(trial.params["lr"])
