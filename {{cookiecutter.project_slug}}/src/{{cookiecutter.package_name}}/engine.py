@@ -23,15 +23,20 @@ log = logging.getLogger(__name__)
 VALIDATION_OVERLAP = 0.25
 
 
-def select_device(trainer: DictConfig) -> torch.device:
-    """``trainer.accelerator``: auto picks CUDA when visible, else the CPU."""
+def select_device(trainer: DictConfig, local_rank: int = 0) -> torch.device:
+    """``trainer.accelerator``: auto picks CUDA when visible, else the CPU.
+
+    Under torchrun, process ``local_rank`` takes the GPU of that index.
+    """
     choice = trainer.accelerator
     if choice not in ("auto", "cpu", "cuda"):
         raise UserError(f"trainer.accelerator must be auto, cpu or cuda, got {choice!r}.")
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.accelerator=cuda but no CUDA GPU is visible; use -S trainer=auto.")
     use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
     log.info("Device %s (trainer.accelerator=%s)", device, choice)
     return device
 

@@ -15,10 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from monai.data import CacheDataset, Dataset, PersistentDataset, ThreadDataLoader
+from monai.data import CacheDataset, Dataset, PersistentDataset, ThreadDataLoader, partition_dataset
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 from omegaconf import DictConfig
 
+from .distributed import Ranks
 from .errors import UserError
 from .layout import PLAN_FILE
 from .msd import KEYS, SPLITS_FILE
@@ -72,8 +73,8 @@ def cached_dataset(items: list[dict], transforms: Compose, params: DictConfig, s
     return PersistentDataset(items, transforms, cache_dir=_scratch_folder())
 
 
-def train_loader(params: DictConfig, processed: Path, patch: list[int]) -> ThreadDataLoader:
-    """Cached, augmented patches from the training split."""
+def train_loader(params: DictConfig, processed: Path, patch: list[int], ranks: Ranks) -> ThreadDataLoader:
+    """Cached, augmented patches from the training split (under DDP: this process's share)."""
     ratio = params.train.foreground_ratio
     transforms = Compose(
         [
@@ -92,7 +93,10 @@ def train_loader(params: DictConfig, processed: Path, patch: list[int]) -> Threa
         ]
     )
     size_mb = read_plan(processed)["size_mb"]
-    dataset = cached_dataset(processed_split(processed, "train"), transforms, params, size_mb)
+    cases = processed_split(processed, "train")
+    if ranks.active:  # each process caches and trains on its own share, of equal size
+        cases = partition_dataset(cases, num_partitions=ranks.world_size, even_divisible=True)[ranks.rank]
+    dataset = cached_dataset(cases, transforms, params, size_mb)
     return ThreadDataLoader(
         dataset,
         batch_size=params.batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
@@ -13,7 +14,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from .. import planning, tracking
+from .. import distributed, planning, tracking
 from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
 from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, TRAIN_METRICS
@@ -25,8 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def run(params: DictConfig, workdir: Path) -> None:
-    configure_runtime(params.trainer, params.seed)
-    device = select_device(params.trainer)
+    device = select_device(params.trainer, distributed.local_rank())
+    ranks = distributed.init(device)
+    try:
+        _train(params, workdir, device, ranks)
+    finally:
+        distributed.shutdown(ranks)
+
+
+def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distributed.Ranks) -> None:
+    # Each process its own seed, for its own random crops; DDP copies rank 0's initial weights.
+    configure_runtime(params.trainer, params.seed + ranks.rank)
     amp = params.trainer.amp
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
@@ -39,15 +49,23 @@ def run(params: DictConfig, workdir: Path) -> None:
         params.patch_voxels,
     )
     card = model_card(params.model, dataset, plan["preprocessing"], patch)
-    model = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
+    model = distributed.wrap(
+        build_model(params.model, dataset.in_channels, dataset.num_classes).to(device), ranks, device
+    )
+    net = distributed.unwrap(model)  # the network itself: validation, checkpoints, the logged model
     optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
     loss_fn = instantiate_node(params.loss, "loss")
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    train_data = train_loader(params, processed, patch)
+    train_data = train_loader(params, processed, patch, ranks)
     val_data = eval_loader(params, processed, "val")
 
     inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
-    with tracking.start_run(params, "train", workdir, inputs, resolved=_resolved(params, plan, patch)) as run:
+    resolved = _resolved(params, plan, patch) | {"resolved.world_size": str(ranks.world_size)}
+    # Rank 0 alone logs and writes checkpoints.
+    tracked = (
+        tracking.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
+    )
+    with tracked or contextlib.nullcontext() as run:
         losses, dices = [], []
         best_dice, best_epoch = -1.0, 0
         started = time.perf_counter()
@@ -55,11 +73,18 @@ def run(params: DictConfig, workdir: Path) -> None:
         startup_seconds = time.time() - psutil.Process().create_time()
         for epoch in range(1, params.epochs + 1):
             loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, device, amp)
+            loss = distributed.mean(loss, ranks, device)
+            dice = None
+            if epoch % params.train.val_every == 0 or epoch == params.epochs:
+                # Every process validates the whole split: MONAI's metrics gather across
+                # processes, and the mean over their identical results is the split's mean.
+                dice = validate(net, val_data, dataset.num_classes, patch, device, amp)
+            if not ranks.is_main:
+                continue
             losses.append({"epoch": epoch, "train_loss": loss})
             mlflow.log_metric("train_loss", loss, step=epoch)
             message = f"epoch {epoch}/{params.epochs} train_loss {loss:.4f}"
-            if epoch % params.train.val_every == 0 or epoch == params.epochs:
-                dice = validate(model, val_data, dataset.num_classes, patch, device, amp)
+            if dice is not None:
                 dices.append({"epoch": epoch, "val_dice": dice})
                 mlflow.log_metric("val_dice", dice, step=epoch)
                 message += f" val_dice {dice:.4f}"
@@ -67,13 +92,15 @@ def run(params: DictConfig, workdir: Path) -> None:
                 if best_epoch == 0 or dice > best_dice:
                     best_dice, best_epoch = dice, epoch
                     save_checkpoint(
-                        workdir / MODELS / "best.pt", model=model.state_dict(), epoch=epoch, card=card
+                        workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card
                     )
             log.info(message)
+        if not ranks.is_main:
+            return
         seconds = time.perf_counter() - started
         save_checkpoint(
             workdir / MODELS / "last.pt",
-            model=model.state_dict(),
+            model=net.state_dict(),
             optimizer=optimizer.state_dict(),
             scaler=scaler.state_dict(),
             epoch=params.epochs,
@@ -98,7 +125,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         pd.DataFrame(losses).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
         pd.DataFrame(dices).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
         if params.tracking.log_model:
-            tracking.log_model(model, workdir / MODELS / "best.pt", card)
+            tracking.log_model(net, workdir / MODELS / "best.pt", card)
         tracking.write_run_metrics(
             workdir / TRAIN_METRICS, run.info.run_id, summary | {"patch_size": planning.describe(patch)}
         )
