@@ -65,18 +65,21 @@ def train_one_epoch(
 ) -> float:
     """One pass over ``loader``; returns the mean batch loss."""
     model.train()
-    total, batches = 0.0, 0
+    # Summed on the device and read once per epoch: a `.item()` per batch would make the host
+    # wait for the GPU at every step.
+    total, batches = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in loader:
-        images, labels = batch["image"].to(device), batch["label"].to(device)
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             loss = loss_fn(model(images), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item()
+        total += loss.detach()
         batches += 1
-    return total / max(batches, 1)
+    return float(total) / max(batches, 1)
 
 
 def predict(

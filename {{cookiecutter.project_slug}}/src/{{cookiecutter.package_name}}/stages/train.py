@@ -82,11 +82,11 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
             if not ranks.is_main:
                 continue
             losses.append({"epoch": epoch, "train_loss": loss})
-            mlflow.log_metric("train_loss", loss, step=epoch)
+            epoch_metrics = {"train_loss": loss}
             message = f"epoch {epoch}/{params.epochs} train_loss {loss:.4f}"
             if dice is not None:
                 dices.append({"epoch": epoch, "val_dice": dice})
-                mlflow.log_metric("val_dice", dice, step=epoch)
+                epoch_metrics["val_dice"] = dice
                 message += f" val_dice {dice:.4f}"
                 # The first validation always saves, so that a NaN Dice still leaves a best.pt.
                 if best_epoch == 0 or dice > best_dice:
@@ -94,6 +94,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
                     save_checkpoint(
                         workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card
                     )
+            mlflow.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
             log.info(message)
         if not ranks.is_main:
             return
