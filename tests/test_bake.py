@@ -207,7 +207,7 @@ def test_params_yaml_is_what_dvc_composes(
     project = bake(tmp_path / "out", **answers)
     assert project.name == slug
     assert (project / "src" / package / "cli.py").is_file()
-    assert f"python -m {package} train" in (project / "dvc.yaml").read_text()
+    assert f"python -m {package} evaluate" in (project / "dvc.yaml").read_text()
 
     composed = tmp_path / "composed.yaml"
     env = project_env(project)
