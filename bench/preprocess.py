@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import yaml
+from baking import bake, tool_env
 
-TEMPLATE = Path(__file__).resolve().parents[1]
 PACKAGE = "organ_segmentation"
 STAGE_SECONDS = re.compile(r" in ([0-9.]+) s with ")
 
@@ -64,26 +64,8 @@ def main() -> None:
         args.cases, args.size, args.repeats = 4, 32, 1
 
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as scratch:
-        env = {
-            **os.environ,
-            "DVC_NO_ANALYTICS": "1",
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        }
-        run(
-            [
-                sys.executable,
-                "-m",
-                "cookiecutter",
-                "--no-input",
-                "--output-dir",
-                scratch,
-                str(TEMPLATE),
-            ],
-            Path(scratch),
-            env,
-        )
-        project = Path(scratch) / "organ-segmentation"
-        env["PYTHONPATH"] = str(project / "src")
+        env = tool_env()
+        project = bake(scratch, env)
         overrides = [
             f"synthetic.num_cases={args.cases}",
             f"synthetic.size={args.size}",

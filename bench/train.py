@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,9 +27,9 @@ from pathlib import Path
 
 import mlflow
 import yaml
+from baking import bake, tool_env
 
 BENCH = Path(__file__).resolve().parent
-TEMPLATE = BENCH.parent
 PACKAGE = "organ_segmentation"
 QUICK = [
     "epochs=2",
@@ -78,28 +76,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        env = {
-            **os.environ,
-            "DVC_NO_ANALYTICS": "1",
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        }
-        env.pop("MLFLOW_TRACKING_URI", None)
-        project = Path(scratch) / "organ-segmentation"
-        if (
-            args.project
-        ):  # a project baked elsewhere (e.g. on a GPU machine without cookiecutter)
-            shutil.copytree(args.project, project, symlinks=True)
-        else:
-            bake = [
-                sys.executable,
-                "-m",
-                "cookiecutter",
-                "--no-input",
-                "--output-dir",
-                scratch,
-            ]
-            run([*bake, str(TEMPLATE)], Path(scratch), env)
-        env["PYTHONPATH"] = str(project / "src")
+        env = tool_env()
+        project = bake(scratch, env, args.project)
         sets = [arg for override in overrides for arg in ("-S", override)]
         run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, env)
         client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
