@@ -135,7 +135,9 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     assert champion.tags["train_run_id"] == story["better"]["train_run_id"]
     params = OmegaConf.load(workspace / "params.yaml")
     processed = workspace / "data/processed"
-    batch = next(iter(package_module("loaders").eval_loader(params, processed, "test")))
+    loaders = package_module("loaders")
+    size_mb = loaders.read_plan(processed)["size_mb"]
+    batch = next(iter(loaders.eval_loader(params, processed, "test", size_mb)))
     image = batch["image"].as_tensor()
     torch.save(image, tmp_path / "image.pt")
     engine = package_module("engine")

@@ -73,7 +73,9 @@ def cached_dataset(items: list[dict], transforms: Compose, params: DictConfig, s
     return PersistentDataset(items, transforms, cache_dir=_scratch_folder())
 
 
-def train_loader(params: DictConfig, processed: Path, patch: list[int], ranks: Ranks) -> ThreadDataLoader:
+def train_loader(
+    params: DictConfig, processed: Path, patch: list[int], ranks: Ranks, size_mb: float
+) -> ThreadDataLoader:
     """Cached, augmented patches from the training split (under DDP: this process's share)."""
     ratio = params.train.foreground_ratio
     transforms = Compose(
@@ -92,7 +94,6 @@ def train_loader(params: DictConfig, processed: Path, patch: list[int], ranks: R
             RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
         ]
     )
-    size_mb = read_plan(processed)["size_mb"]
     cases = processed_split(processed, "train")
     if ranks.active:  # each process caches and trains on its own share, of equal size
         cases = partition_dataset(cases, num_partitions=ranks.world_size, even_divisible=True)[ranks.rank]
@@ -105,9 +106,11 @@ def train_loader(params: DictConfig, processed: Path, patch: list[int], ranks: R
     )
 
 
-def eval_loader(params: DictConfig, processed: Path, split: str) -> ThreadDataLoader:
-    """Whole cached volumes of ``split``, one per batch, for sliding-window inference."""
-    size_mb = read_plan(processed)["size_mb"]
+def eval_loader(params: DictConfig, processed: Path, split: str, size_mb: float) -> ThreadDataLoader:
+    """Whole cached volumes of ``split``, one per batch, for sliding-window inference.
+
+    ``size_mb``: the preprocessed set's size (from its plan), which ``data.cache=auto`` weighs.
+    """
     dataset = cached_dataset(processed_split(processed, split), Compose(load_transforms()), params, size_mb)
     return ThreadDataLoader(dataset, batch_size=1, num_workers=params.trainer.num_workers)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,9 +134,7 @@ def _sets(overrides: list[str]) -> list[str]:
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """A dvc command in ``root``; a failed trial (``check=False``) is logged, and scored as failed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=dict(os.environ), capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         if check:
             raise UserError(f"`dvc {' '.join(args)}` failed:\n{result.stderr[-3000:]}")

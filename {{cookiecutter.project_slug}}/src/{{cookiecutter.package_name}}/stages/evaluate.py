@@ -52,7 +52,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
     rows = []
-    for index, batch in enumerate(eval_loader(params, processed, "test")):
+    for index, batch in enumerate(eval_loader(params, processed, "test", plan["size_mb"])):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = predict(model, images, patch, params.evaluate.overlap, params.trainer.amp)
         predictions = [to_pred(item) for item in decollate_batch(logits)]

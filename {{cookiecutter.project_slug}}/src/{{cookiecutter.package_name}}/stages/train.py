@@ -56,8 +56,8 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
     optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
     loss_fn = instantiate_node(params.loss, "loss")
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    train_data = train_loader(params, processed, patch, ranks)
-    val_data = eval_loader(params, processed, "val")
+    train_data = train_loader(params, processed, patch, ranks, plan["size_mb"])
+    val_data = eval_loader(params, processed, "val", plan["size_mb"])
 
     inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
     resolved = _resolved(params, plan, patch) | {"resolved.world_size": str(ranks.world_size)}
