@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
     ("script", "lines"),
     [
         ("preprocess.py", ("fingerprint", "preprocess", "speed-up")),
+        ("sweep.py", ("-j 2", "-j 1", "speed-up")),
         (
             "train.py",
             (

@@ -71,12 +71,17 @@ def small_setup(package_module, device: torch.device):
     return model, optimizer, loss_fn, batch
 
 
+def acceleration(package_module, device: torch.device, *overrides: str):
+    trainer = compose_conf(["trainer=auto", *overrides]).trainer
+    return package_module("acceleration").Acceleration.resolve(trainer, device)
+
+
 def test_train_one_epoch_updates_the_model_on_cpu(engine, package_module) -> None:
     device = torch.device("cpu")
     model, optimizer, loss_fn, batch = small_setup(package_module, device)
     before = [parameter.detach().clone() for parameter in model.parameters()]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = engine.train_one_epoch(model, [batch, batch], loss_fn, optimizer, scaler, device, amp=True)
+    fast = acceleration(package_module, device, "trainer.channels_last=true")
+    loss = engine.train_one_epoch(model, [batch, batch], loss_fn, optimizer, fast.grad_scaler(), fast)
     assert isinstance(loss, float) and loss > 0
     assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
 
@@ -85,10 +90,11 @@ def test_predict_and_validate_whole_volumes(engine, package_module) -> None:
     device = torch.device("cpu")
     model, _, _, batch = small_setup(package_module, device)
     volume = {"image": batch["image"][:1, :, :, :, :12], "label": batch["label"][:1, :, :, :, :12]}
-    logits = engine.predict(model.eval(), volume["image"], PATCH, overlap=0.25, amp=False)
+    plain = acceleration(package_module, device)
+    logits = engine.predict(model.eval(), volume["image"], PATCH, overlap=0.25, acceleration=plain)
     assert logits.shape == (1, 2, 16, 16, 12)
     assert logits.dtype == torch.float32
-    dice = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, device=device, amp=False)
+    dice = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, acceleration=plain)
     assert 0.0 <= dice <= 1.0
 
 
@@ -103,18 +109,30 @@ def test_save_checkpoint_replaces_the_file_whole(engine, tmp_path: Path) -> None
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_amp_training_step_on_cuda(engine, package_module) -> None:
+@pytest.mark.parametrize(
+    "overrides, dtype",
+    [
+        (["trainer.amp_dtype=float16"], torch.float16),
+        (["trainer.amp_dtype=bfloat16", "trainer.channels_last=true"], torch.bfloat16),
+        (["trainer.amp_dtype=float16", "trainer.compile=true"], torch.float16),
+    ],
+)
+def test_fast_path_training_steps_on_cuda(engine, package_module, overrides, dtype) -> None:
     device = torch.device("cuda")
-    model, optimizer, loss_fn, batch = small_setup(package_module, device)
-    with engine.autocast(device, amp=True):
-        assert model(batch["image"].to(device)).dtype == torch.float16
-    before = [parameter.detach().clone() for parameter in model.parameters()]
-    scaler = torch.amp.GradScaler("cuda", enabled=True)
-    loss = engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, device, amp=True)
+    net, optimizer, loss_fn, batch = small_setup(package_module, device)
+    fast = acceleration(package_module, device, *overrides)
+    model = fast.prepare(net)
+    with fast.autocast():
+        assert model(fast.inputs(batch["image"])).dtype == dtype
+    before = [parameter.detach().clone() for parameter in net.parameters()]
+    scaler = fast.grad_scaler()
+    assert scaler.is_enabled() == (dtype == torch.float16)
+    loss = engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, fast)
     assert torch.isfinite(torch.tensor(loss))
-    assert scaler.get_scale() > 0
-    logits = engine.predict(model.eval(), batch["image"][:1].to(device), PATCH, overlap=0.25, amp=True)
+    logits = engine.predict(
+        net.eval(), fast.inputs(batch["image"][:1]), PATCH, overlap=0.25, acceleration=fast
+    )
     assert logits.dtype == torch.float32 and logits.device.type == "cuda"
     # The first step may be skipped if the initial loss scale overflows; two steps must move weights.
-    engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, device, amp=True)
-    assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+    engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, fast)
+    assert any(not torch.equal(old, new) for old, new in zip(before, net.parameters(), strict=True))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 CONTRACT_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "seed", "dvc.exp_name")
@@ -57,6 +58,11 @@ def test_runs_carry_the_provenance_contract(workspace: Path, run: Run) -> None:
         assert tags["data.synthetic.md5"] == recorded["data/synthetic"]
         assert tags["data.processed.md5"] == recorded["data/processed"]
         assert found.data.params["lr"] == "0.002"
+    train = next(found for found in runs if found.data.tags["stage"] == "train")
+    # What the fast-path options became here; on the CPU every GPU option is off.
+    fast_path = {key: train.data.params.get(key) for key in ("resolved.precision", "resolved.cache")}
+    if not torch.cuda.is_available():
+        assert fast_path == {"resolved.precision": "float32", "resolved.cache": "memory"}
 
 
 @pytest.mark.slow

@@ -46,8 +46,10 @@ torch.set_num_threads(args["threads"])
 mlflow.set_tracking_uri(args["tracking_uri"])
 model = mlflow.pytorch.load_model(args["model_uri"])  # a torch.export program, traced in eval mode
 predict = importlib.import_module(args["package"] + ".engine").predict
+acceleration = importlib.import_module(args["package"] + ".acceleration").Acceleration
+plain = acceleration.for_inference(torch.device("cpu"))
 image = torch.load(args["image"])
-torch.save(predict(model, image, args["patch_size"], args["overlap"], False), args["logits"])
+torch.save(predict(model, image, args["patch_size"], args["overlap"], plain), args["logits"])
 """
 
 
@@ -137,7 +139,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     processed = workspace / "data/processed"
     loaders = package_module("loaders")
     size_mb = loaders.read_plan(processed)["size_mb"]
-    batch = next(iter(loaders.eval_loader(params, processed, "test", size_mb)))
+    batch = next(iter(loaders.eval_loader(params, processed, "test", size_mb, torch.device("cpu"))))
     image = batch["image"].as_tensor()
     torch.save(image, tmp_path / "image.pt")
     engine = package_module("engine")
@@ -161,7 +163,8 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)  # as in the fresh process: CPU sums depend on the thread count
     try:
-        own = engine.predict(model.eval(), image, list(params.patch_size), params.evaluate.overlap, False)
+        plain = package_module("acceleration").Acceleration.for_inference(torch.device("cpu"))
+        own = engine.predict(model.eval(), image, list(params.patch_size), params.evaluate.overlap, plain)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(served.argmax(1), own.argmax(1))

@@ -1,4 +1,4 @@
-"""Device choice, determinism, and the train/validation loops (AMP on CUDA)."""
+"""Device choice, determinism, and the train/validation loops."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from monai.transforms import AsDiscrete
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
+from .acceleration import Acceleration
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,29 +51,24 @@ def configure_runtime(trainer: DictConfig, seed: int) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast(device: torch.device, amp: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda")
-
-
 def train_one_epoch(
     model: torch.nn.Module,
     loader: ThreadDataLoader,
     loss_fn: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    device: torch.device,
-    amp: bool,
+    acceleration: Acceleration,
 ) -> float:
     """One pass over ``loader``; returns the mean batch loss."""
     model.train()
     # Summed on the device and read once per epoch: a `.item()` per batch would make the host
     # wait for the GPU at every step.
-    total, batches = torch.zeros((), dtype=torch.float64, device=device), 0
+    total, batches = torch.zeros((), dtype=torch.float64, device=acceleration.device), 0
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
+        images = acceleration.inputs(batch["image"])
+        labels = batch["label"].to(acceleration.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with acceleration.autocast():
             loss = loss_fn(model(images), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -83,10 +79,14 @@ def train_one_epoch(
 
 
 def predict(
-    model: torch.nn.Module, images: torch.Tensor, patch_size: list[int], overlap: float, amp: bool
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    patch_size: list[int],
+    overlap: float,
+    acceleration: Acceleration,
 ) -> torch.Tensor:
     """Sliding-window logits for whole volumes (batch, classes, *spatial)."""
-    with torch.no_grad(), autocast(images.device, amp):
+    with torch.no_grad(), acceleration.autocast():
         return sliding_window_inference(images, tuple(patch_size), 1, model, overlap=overlap).float()
 
 
@@ -95,18 +95,18 @@ def validate(
     loader: ThreadDataLoader,
     num_classes: int,
     patch_size: list[int],
-    device: torch.device,
-    amp: bool,
+    acceleration: Acceleration,
 ) -> float:
     """Mean foreground Dice over the validation volumes."""
     model.eval()
     to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
     metric = DiceMetric(include_background=False, reduction="mean")
     for batch in loader:
-        logits = predict(model, batch["image"].to(device), patch_size, VALIDATION_OVERLAP, amp)
+        images = acceleration.inputs(batch["image"])
+        logits = predict(model, images, patch_size, VALIDATION_OVERLAP, acceleration)
         metric(
             [to_pred(item) for item in decollate_batch(logits)],
-            [to_label(item) for item in decollate_batch(batch["label"].to(device))],
+            [to_label(item) for item in decollate_batch(batch["label"].to(acceleration.device))],
         )
     return float(metric.aggregate().item())
 

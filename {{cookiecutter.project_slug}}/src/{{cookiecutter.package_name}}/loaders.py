@@ -1,9 +1,11 @@
 """Datasets and loaders over the preprocessed set (data/processed), with augmentation.
 
-``data.cache`` chooses where the loaded volumes are kept between epochs: ``memory``
-(MONAI's CacheDataset: fastest), ``disk`` (PersistentDataset: one file per case in a scratch
-folder, so memory holds only the current batch), or ``auto``: memory when the preprocessed
-set fits ``data.cache_budget_mb``, else disk.
+``data.cache`` chooses where the loaded volumes are kept between epochs: ``gpu`` (CacheDataset
+on the GPU: the random crops and flips then run there too, as in MONAI's fast-training
+recipe), ``memory`` (CacheDataset in host memory), ``disk`` (PersistentDataset: one file per
+case in a scratch folder, so memory holds only the current batch), or ``auto``: when the
+preprocessed set fits ``data.cache_budget_mb``, the GPU if there is one with room, else host
+memory; disk when it does not fit.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset, ThreadDataLoader, partition_dataset
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    Randomizable,
+    SpatialPadd,
+)
 from omegaconf import DictConfig
 
 from .distributed import Ranks
@@ -27,7 +37,10 @@ from .transforms import load_transforms
 
 log = logging.getLogger(__name__)
 
-CACHES = ("auto", "memory", "disk")
+CACHES = ("auto", "gpu", "memory", "disk")
+# data.cache=auto caches on the GPU only when the set takes at most this share of its free
+# memory, leaving the rest to the network's activations.
+GPU_CACHE_SHARE = 0.25
 
 
 def read_plan(processed: Path) -> dict:
@@ -48,71 +61,99 @@ def processed_split(processed: Path, split: str) -> list[dict[str, str]]:
     ]
 
 
-def cache_choice(data: DictConfig, size_mb: float) -> str:
-    """``data.cache`` resolved to memory or disk for a preprocessed set of ``size_mb``."""
+def cache_choice(data: DictConfig, size_mb: float, device: torch.device) -> str:
+    """``data.cache`` resolved to gpu, memory or disk for a preprocessed set of ``size_mb``."""
     if data.cache not in CACHES:
         raise UserError(f"data.cache must be one of {', '.join(CACHES)}, got {data.cache!r}.")
+    if data.cache == "gpu" and device.type != "cuda":
+        raise UserError(f"data.cache=gpu but training runs on {device.type}; use -S data.cache=auto.")
     if data.cache != "auto":
         return data.cache
-    return "memory" if size_mb <= data.cache_budget_mb else "disk"
+    if size_mb > data.cache_budget_mb:
+        return "disk"
+    if device.type == "cuda" and size_mb * 2**20 <= GPU_CACHE_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return "gpu"
+    return "memory"
 
 
-def cached_dataset(items: list[dict], transforms: Compose, params: DictConfig, size_mb: float) -> Dataset:
-    """``items`` with their deterministic transforms cached where ``data.cache`` says."""
-    choice = cache_choice(params.data, size_mb)
+def cached_dataset(
+    items: list[dict], transforms: list, params: DictConfig, size_mb: float, device: torch.device
+) -> tuple[Dataset, str]:
+    """``items`` with their deterministic transforms cached where ``data.cache`` says, and where."""
+    choice = cache_choice(params.data, size_mb, device)
     log.info(
         "Caching %d cases %s (data.cache=%s; preprocessed set %.1f MB, data.cache_budget_mb=%s)",
         len(items),
-        "in memory" if choice == "memory" else "on disk",
+        {"gpu": "on the GPU", "memory": "in memory", "disk": "on disk"}[choice],
         params.data.cache,
         size_mb,
         params.data.cache_budget_mb,
     )
-    if choice == "memory":
-        return CacheDataset(items, transforms, progress=False)
-    return PersistentDataset(items, transforms, cache_dir=_scratch_folder())
+    if choice == "disk":
+        return PersistentDataset(items, Compose(transforms), cache_dir=_scratch_folder()), choice
+    if choice == "gpu":
+        # Inserted before the first random transform: the cached cases then live on the GPU,
+        # and every transform after it runs on GPU tensors.
+        first_random = next(
+            (i for i, t in enumerate(transforms) if isinstance(t, Randomizable)), len(transforms)
+        )
+        transforms = [
+            *transforms[:first_random],
+            EnsureTyped(keys=KEYS, device=device),
+            *transforms[first_random:],
+        ]
+    return CacheDataset(items, Compose(transforms), progress=False), choice
+
+
+def _batches(
+    dataset: Dataset, cache: str, params: DictConfig, device: torch.device, **options
+) -> ThreadDataLoader:
+    """Batches of ``dataset``; no worker processes when its cases already sit on the GPU."""
+    return ThreadDataLoader(
+        dataset,
+        num_workers=0 if cache == "gpu" else params.trainer.num_workers,
+        # Page-locked host batches let `.to(device, non_blocking=True)` overlap the copy.
+        pin_memory=device.type == "cuda" and cache != "gpu",
+        **options,
+    )
 
 
 def train_loader(
-    params: DictConfig, processed: Path, patch: list[int], ranks: Ranks, size_mb: float
+    params: DictConfig, processed: Path, patch: list[int], ranks: Ranks, size_mb: float, device: torch.device
 ) -> ThreadDataLoader:
     """Cached, augmented patches from the training split (under DDP: this process's share)."""
     ratio = params.train.foreground_ratio
-    transforms = Compose(
-        [
-            *load_transforms(),
-            # Volumes thinner than the patch are padded, so that every crop has the patch's size.
-            SpatialPadd(keys=KEYS, spatial_size=tuple(patch)),
-            RandCropByPosNegLabeld(
-                keys=KEYS,
-                label_key="label",
-                spatial_size=tuple(patch),
-                pos=ratio,
-                neg=1.0 - ratio,
-                num_samples=params.train.samples_per_volume,
-            ),
-            RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
-        ]
-    )
+    transforms = [
+        *load_transforms(),
+        # Volumes thinner than the patch are padded, so that every crop has the patch's size.
+        SpatialPadd(keys=KEYS, spatial_size=tuple(patch)),
+        RandCropByPosNegLabeld(
+            keys=KEYS,
+            label_key="label",
+            spatial_size=tuple(patch),
+            pos=ratio,
+            neg=1.0 - ratio,
+            num_samples=params.train.samples_per_volume,
+        ),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
+    ]
     cases = processed_split(processed, "train")
     if ranks.active:  # each process caches and trains on its own share, of equal size
         cases = partition_dataset(cases, num_partitions=ranks.world_size, even_divisible=True)[ranks.rank]
-    dataset = cached_dataset(cases, transforms, params, size_mb)
-    return ThreadDataLoader(
-        dataset,
-        batch_size=params.batch_size,
-        shuffle=True,
-        num_workers=params.trainer.num_workers,
-    )
+    dataset, cache = cached_dataset(cases, transforms, params, size_mb, device)
+    return _batches(dataset, cache, params, device, batch_size=params.batch_size, shuffle=True)
 
 
-def eval_loader(params: DictConfig, processed: Path, split: str, size_mb: float) -> ThreadDataLoader:
+def eval_loader(
+    params: DictConfig, processed: Path, split: str, size_mb: float, device: torch.device
+) -> ThreadDataLoader:
     """Whole cached volumes of ``split``, one per batch, for sliding-window inference.
 
     ``size_mb``: the preprocessed set's size (from its plan), which ``data.cache=auto`` weighs.
     """
-    dataset = cached_dataset(processed_split(processed, split), Compose(load_transforms()), params, size_mb)
-    return ThreadDataLoader(dataset, batch_size=1, num_workers=params.trainer.num_workers)
+    cases = processed_split(processed, split)
+    dataset, cache = cached_dataset(cases, load_transforms(), params, size_mb, device)
+    return _batches(dataset, cache, params, device, batch_size=1)
 
 
 def _scratch_folder() -> Path:

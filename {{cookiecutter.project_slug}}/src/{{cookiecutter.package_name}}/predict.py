@@ -25,6 +25,7 @@ from monai.transforms import Invertd
 from omegaconf import OmegaConf
 
 from . import engine
+from .acceleration import Acceleration
 from .config import PARAMS_FILE, repo_root
 from .errors import UserError
 from .models import model_from_card
@@ -52,13 +53,16 @@ def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: flo
     card = loaded.card
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_card(card, loaded.state).to(device)
+    acceleration = Acceleration.for_inference(device)
     prepare = preprocess_transforms(card["preprocessing"], keys=("image",))
     restore = Invertd(keys="mask", transform=prepare, orig_keys="image", nearest_interp=True)
     output.mkdir(parents=True, exist_ok=True)
     for path in files:
         source = check_input(path, card["channels"])
         item = prepare({"image": str(path)})
-        logits = engine.predict(model, item["image"][None].to(device), card["patch_size"], overlap, True)
+        logits = engine.predict(
+            model, item["image"][None].to(device), card["patch_size"], overlap, acceleration
+        )
         item["mask"] = logits[0].argmax(0, keepdim=True).cpu().float()
         mask = restore(item)["mask"][0].numpy().round().astype(np.uint8)
         if mask.shape != source.shape[:3]:

@@ -17,6 +17,7 @@ from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
 from .. import planning, registry, tracking
+from ..acceleration import Acceleration
 from ..engine import configure_runtime, predict, select_device
 from ..layout import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
 from ..loaders import eval_loader, read_plan
@@ -33,6 +34,7 @@ warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=F
 def run(params: DictConfig, workdir: Path) -> None:
     configure_runtime(params.trainer, params.seed)
     device = select_device(params.trainer)
+    acceleration = Acceleration.resolve(params.trainer, device)
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
     plan = read_plan(processed)
@@ -52,9 +54,9 @@ def run(params: DictConfig, workdir: Path) -> None:
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
     rows = []
-    for index, batch in enumerate(eval_loader(params, processed, "test", plan["size_mb"])):
+    for index, batch in enumerate(eval_loader(params, processed, "test", plan["size_mb"], device)):
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        logits = predict(model, images, patch, params.evaluate.overlap, params.trainer.amp)
+        logits = predict(model, images, patch, params.evaluate.overlap, acceleration)
         predictions = [to_pred(item) for item in decollate_batch(logits)]
         truths = [to_label(item) for item in decollate_batch(labels)]
         case_dice = dice(predictions, truths)[0].tolist()

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import distributed, planning, tracking
+from ..acceleration import Acceleration
 from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
 from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, TRAIN_METRICS
@@ -37,7 +38,7 @@ def run(params: DictConfig, workdir: Path) -> None:
 def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distributed.Ranks) -> None:
     # Each process its own seed, for its own random crops; DDP copies rank 0's initial weights.
     configure_runtime(params.trainer, params.seed + ranks.rank)
-    amp = params.trainer.amp
+    acceleration = Acceleration.resolve(params.trainer, device)
     processed = workdir / PROCESSED
     dataset = read_msd(processed)
     plan = read_plan(processed)
@@ -53,14 +54,16 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         build_model(params.model, dataset.in_channels, dataset.num_classes).to(device), ranks, device
     )
     net = distributed.unwrap(model)  # the network itself: validation, checkpoints, the logged model
+    model = acceleration.prepare(model)
     optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
     loss_fn = instantiate_node(params.loss, "loss")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    train_data = train_loader(params, processed, patch, ranks, plan["size_mb"])
-    val_data = eval_loader(params, processed, "val", plan["size_mb"])
+    scaler = acceleration.grad_scaler()
+    train_data = train_loader(params, processed, patch, ranks, plan["size_mb"], device)
+    val_data = eval_loader(params, processed, "val", plan["size_mb"], device)
 
     inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
-    resolved = _resolved(params, plan, patch) | {"resolved.world_size": str(ranks.world_size)}
+    resolved = _resolved(params, plan, patch, device) | acceleration.resolved()
+    resolved["resolved.world_size"] = str(ranks.world_size)
     # Rank 0 alone logs and writes checkpoints.
     tracked = (
         tracking.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
@@ -72,13 +75,13 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         # From process start to the first batch: imports, device, caches, the MLflow run.
         startup_seconds = time.time() - psutil.Process().create_time()
         for epoch in range(1, params.epochs + 1):
-            loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, device, amp)
+            loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, acceleration)
             loss = distributed.mean(loss, ranks, device)
             dice = None
             if epoch % params.train.val_every == 0 or epoch == params.epochs:
                 # Every process validates the whole split: MONAI's metrics gather across
                 # processes, and the mean over their identical results is the split's mean.
-                dice = validate(net, val_data, dataset.num_classes, patch, device, amp)
+                dice = validate(net, val_data, dataset.num_classes, patch, acceleration)
             if not ranks.is_main:
                 continue
             losses.append({"epoch": epoch, "train_loss": loss})
@@ -133,12 +136,12 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
     log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
 
 
-def _resolved(params: DictConfig, plan: dict, patch: list[int]) -> dict[str, str]:
+def _resolved(params: DictConfig, plan: dict, patch: list[int], device: torch.device) -> dict[str, str]:
     """The values that `auto` settings became, logged as MLflow params beside the settings."""
     preprocessing = plan["preprocessing"]
     return {
         "resolved.pixdim": planning.describe(preprocessing["pixdim"]),
         "resolved.normalization": preprocessing["normalization"]["kind"],
         "resolved.patch_size": planning.describe(patch),
-        "resolved.cache": cache_choice(params.data, plan["size_mb"]),
+        "resolved.cache": cache_choice(params.data, plan["size_mb"], device),
     }
