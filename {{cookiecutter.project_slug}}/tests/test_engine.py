@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,22 @@ def test_save_checkpoint_replaces_the_file_whole(engine, tmp_path: Path) -> None
     engine.save_checkpoint(path, model={"w": torch.zeros(2)}, epoch=2)
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.zeros(2))
+    assert [entry.name for entry in path.parent.iterdir()] == ["best.pt"]
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(engine, user_error, tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "models" / "best.pt"
+    engine.save_checkpoint(path, model={"w": torch.ones(2)}, epoch=1)
+
+    def disk_full(state: dict, file: Path) -> None:
+        Path(file).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(user_error, match=r"No space left on the device writing .*best.pt; the previous"):
+        engine.save_checkpoint(path, model={"w": torch.zeros(2)}, epoch=2)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
     assert [entry.name for entry in path.parent.iterdir()] == ["best.pt"]
 
 

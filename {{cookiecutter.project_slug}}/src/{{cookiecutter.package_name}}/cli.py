@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 STAGES = ("synthesize", "fingerprint", "preprocess", "train", "evaluate")
 
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"error: stopped by {name}; see the log above for what was saved", file=sys.stderr)
+        sys.exit(128 + stop.signum)  # the shell's status for a process ended by that signal
 
 
 def _dispatch(args: argparse.Namespace) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -115,5 +116,14 @@ def save_checkpoint(path: Path, **state: object) -> None:
     """Write via a temporary file, so that an interrupted save leaves the old file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    torch.save(state, partial)
+    try:
+        torch.save(state, partial)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise UserError(
+                f"No space left on the device writing {path}; the previous {path.name} is intact. "
+                "Free space there and run the experiment again."
+            ) from error
+        raise
     os.replace(partial, path)

@@ -12,6 +12,8 @@ FINGERPRINT = Path("data/fingerprint.json")
 PROCESSED = Path("data/processed")
 PLAN_FILE = "plan.json"  # in PROCESSED: the preprocessing that preprocess resolved and applied
 MODELS = Path("models")
+# Not a DVC output (DVC deletes those before a stage runs): the state of a stopped train stage.
+RESUME_CHECKPOINT = Path("checkpoints/train-resume.pt")
 REPORTS = Path("reports")
 PLOTS = Path("plots/train")
 PREPROCESS_METRICS = Path("metrics/preprocess.json")

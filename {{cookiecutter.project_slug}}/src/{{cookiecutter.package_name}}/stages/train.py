@@ -1,8 +1,13 @@
-"""Stage train: fit the configured network on the training split; log it all to MLflow."""
+"""Stage train: fit the configured network on the training split; log it all to MLflow.
+
+Stopped by SIGTERM or SIGINT, it saves a resumable checkpoint, marks its MLflow run KILLED and
+exits non-zero; the next run of the same experiment resumes (see resume.py).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import resource
 import time
@@ -14,11 +19,12 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from .. import distributed, planning, tracking
+from .. import distributed, planning, resume, tracking
 from ..acceleration import Acceleration
 from ..config import instantiate_node
 from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
-from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, TRAIN_METRICS
+from ..errors import Interrupted
+from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, TRAIN_METRICS
 from ..loaders import cache_choice, eval_loader, read_plan, train_loader
 from ..models import build_model, model_card
 from ..msd import read_msd
@@ -30,7 +36,8 @@ def run(params: DictConfig, workdir: Path) -> None:
     device = select_device(params.trainer, distributed.local_rank())
     ranks = distributed.init(device)
     try:
-        _train(params, workdir, device, ranks)
+        with resume.stop_on_signals():
+            _train(params, workdir, device, ranks)
     finally:
         distributed.shutdown(ranks)
 
@@ -50,14 +57,24 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         params.patch_voxels,
     )
     card = model_card(params.model, dataset, plan["preprocessing"], patch)
-    model = distributed.wrap(
-        build_model(params.model, dataset.in_channels, dataset.num_classes).to(device), ranks, device
-    )
-    net = distributed.unwrap(model)  # the network itself: validation, checkpoints, the logged model
-    model = acceleration.prepare(model)
+    inputs_sha256 = resume.inputs_sha256(params, workdir)
+    saved = resume.load(workdir / RESUME_CHECKPOINT, params, inputs_sha256, device)
+    net = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
+    if saved:
+        net.load_state_dict(saved["model"])  # before DDP, which copies rank 0's weights to all
+    wrapped = distributed.wrap(net, ranks, device)
+    net = distributed.unwrap(wrapped)  # the network itself: validation, checkpoints, the logged model
+    model = acceleration.prepare(wrapped)
     optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
     loss_fn = instantiate_node(params.loss, "loss")
     scaler = acceleration.grad_scaler()
+    progress = {"epoch": 0, "losses": [], "dices": [], "best_dice": -1.0, "best_epoch": 0}
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        progress = {key: saved[key] for key in progress}
+        if ranks.is_main and saved["best"]:  # DVC removed models/ before this run; it comes back
+            save_checkpoint(workdir / MODELS / "best.pt", **saved["best"])
     train_data = train_loader(params, processed, patch, ranks, plan["size_mb"], device)
     val_data = eval_loader(params, processed, "val", plan["size_mb"], device)
 
@@ -69,36 +86,43 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         tracking.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
     )
     with tracked or contextlib.nullcontext() as run:
-        losses, dices = [], []
-        best_dice, best_epoch = -1.0, 0
+        if saved and ranks.is_main:
+            mlflow.set_tag("resumed_from", saved["run_id"])
+            for epoch, metrics in _epoch_metrics(progress).items():  # this run holds whole curves
+                mlflow.log_metrics(metrics, step=epoch)
         started = time.perf_counter()
         # From process start to the first batch: imports, device, caches, the MLflow run.
         startup_seconds = time.time() - psutil.Process().create_time()
-        for epoch in range(1, params.epochs + 1):
-            loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, acceleration)
-            loss = distributed.mean(loss, ranks, device)
-            dice = None
-            if epoch % params.train.val_every == 0 or epoch == params.epochs:
-                # Every process validates the whole split: MONAI's metrics gather across
-                # processes, and the mean over their identical results is the split's mean.
-                dice = validate(net, val_data, dataset.num_classes, patch, acceleration)
-            if not ranks.is_main:
-                continue
-            losses.append({"epoch": epoch, "train_loss": loss})
-            epoch_metrics = {"train_loss": loss}
-            message = f"epoch {epoch}/{params.epochs} train_loss {loss:.4f}"
-            if dice is not None:
-                dices.append({"epoch": epoch, "val_dice": dice})
-                epoch_metrics["val_dice"] = dice
-                message += f" val_dice {dice:.4f}"
-                # The first validation always saves, so that a NaN Dice still leaves a best.pt.
-                if best_epoch == 0 or dice > best_dice:
-                    best_dice, best_epoch = dice, epoch
-                    save_checkpoint(
-                        workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card
+        snapshot = None
+        try:
+            for epoch in range(progress["epoch"] + 1, params.epochs + 1):
+                if ranks.is_main:
+                    # Where a stop during this epoch resumes from; copies on the device are cheap.
+                    snapshot = _snapshot(net, optimizer, scaler, progress)
+                resume.seed_epoch(params.seed, ranks.rank, epoch, train_data.dataset)
+                loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, acceleration)
+                loss = distributed.mean(loss, ranks, device)
+                dice = None
+                if epoch % params.train.val_every == 0 or epoch == params.epochs:
+                    # Every process validates the whole split: MONAI's metrics gather across
+                    # processes, and the mean over their identical results is the split's mean.
+                    dice = validate(net, val_data, dataset.num_classes, patch, acceleration)
+                if ranks.is_main:
+                    _record(progress, epoch, loss, dice, params.epochs, workdir, net, card)
+        except Interrupted:
+            if ranks.is_main and run is not None:
+                if snapshot is not None:
+                    best = (
+                        torch.load(workdir / MODELS / "best.pt", weights_only=True)
+                        if snapshot["best_epoch"]
+                        else None
                     )
-            mlflow.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
-            log.info(message)
+                    resume.save(
+                        workdir / RESUME_CHECKPOINT,
+                        snapshot | {"best": best, "run_id": run.info.run_id, "inputs_sha256": inputs_sha256},
+                    )
+                mlflow.end_run("KILLED")
+            raise
         if not ranks.is_main:
             return
         seconds = time.perf_counter() - started
@@ -111,9 +135,9 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
             card=card,
         )
         summary = {
-            "best_val_dice": best_dice,
-            "best_epoch": best_epoch,
-            "final_train_loss": losses[-1]["train_loss"],
+            "best_val_dice": progress["best_dice"],
+            "best_epoch": progress["best_epoch"],
+            "final_train_loss": progress["losses"][-1]["train_loss"],
         }
         # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -126,14 +150,67 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
             }
         )
         (workdir / PLOTS).mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(losses).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
-        pd.DataFrame(dices).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
+        pd.DataFrame(progress["losses"]).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
+        pd.DataFrame(progress["dices"]).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
         if params.tracking.log_model:
             tracking.log_model(net, workdir / MODELS / "best.pt", card)
         tracking.write_run_metrics(
             workdir / TRAIN_METRICS, run.info.run_id, summary | {"patch_size": planning.describe(patch)}
         )
-    log.info("Best val_dice %.4f at epoch %d; MLflow run %s", best_dice, best_epoch, run.info.run_id)
+        resume.discard(workdir / RESUME_CHECKPOINT)
+    log.info(
+        "Best val_dice %.4f at epoch %d; MLflow run %s",
+        progress["best_dice"],
+        progress["best_epoch"],
+        run.info.run_id,
+    )
+
+
+def _record(
+    progress: dict,
+    epoch: int,
+    loss: float,
+    dice: float | None,
+    epochs: int,
+    workdir: Path,
+    net: torch.nn.Module,
+    card: dict,
+) -> None:
+    """One finished epoch: its metrics, its log line, and best.pt when its Dice is the best yet."""
+    progress["epoch"] = epoch
+    progress["losses"].append({"epoch": epoch, "train_loss": loss})
+    epoch_metrics = {"train_loss": loss}
+    message = f"epoch {epoch}/{epochs} train_loss {loss:.4f}"
+    if dice is not None:
+        progress["dices"].append({"epoch": epoch, "val_dice": dice})
+        epoch_metrics["val_dice"] = dice
+        message += f" val_dice {dice:.4f}"
+        # The first validation always saves, so that a NaN Dice still leaves a best.pt.
+        if progress["best_epoch"] == 0 or dice > progress["best_dice"]:
+            progress["best_dice"], progress["best_epoch"] = dice, epoch
+            save_checkpoint(workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card)
+    mlflow.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
+    log.info(message)
+
+
+def _snapshot(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, progress: dict
+) -> dict:
+    """Copies of everything that a resumed run continues from."""
+    return {
+        "model": {key: value.detach().clone() for key, value in net.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scaler": scaler.state_dict(),
+        **copy.deepcopy(progress),
+    }
+
+
+def _epoch_metrics(progress: dict) -> dict[int, dict[str, float]]:
+    """Per finished epoch, its metrics (train_loss, and val_dice where it validated)."""
+    metrics = {row["epoch"]: {"train_loss": row["train_loss"]} for row in progress["losses"]}
+    for row in progress["dices"]:
+        metrics[row["epoch"]]["val_dice"] = row["val_dice"]
+    return metrics
 
 
 def _resolved(params: DictConfig, plan: dict, patch: list[int], device: torch.device) -> dict[str, str]:

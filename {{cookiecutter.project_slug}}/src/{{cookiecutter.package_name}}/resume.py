@@ -1,0 +1,104 @@
+"""Stopping and resuming the train stage.
+
+SIGTERM (a scheduler's pre-emption, `kill`) or SIGINT (Ctrl-C) stops training at once. The
+state at the start of the interrupted epoch (model, optimizer, grad scaler, the curves so far,
+the best model) goes to ``checkpoints/train-resume.pt``, atomically. Running the same
+experiment again continues from that epoch when ``train.resume: auto`` and the code, params and
+preprocessed data are those the checkpoint was written with.
+
+Resumed runs equal uninterrupted ones bitwise on the CPU with ``trainer.deterministic``, because
+each epoch's randomness (crops, flips, shuffling, dropout) is seeded from (seed, rank, epoch)
+alone: an epoch replays the same whether it follows a resume or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from omegaconf import DictConfig
+
+from . import provenance
+from .config import resolved_params
+from .engine import save_checkpoint
+from .errors import Interrupted, UserError
+from .layout import PROCESSED
+
+log = logging.getLogger(__name__)
+
+RESUME_CHOICES = ("auto", "never")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``Interrupted`` in this (the main) thread."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def seed_epoch(seed: int, rank: int, epoch: int, dataset: Dataset) -> None:
+    """Seed every random source of one epoch from (seed, rank, epoch)."""
+    epoch_seed = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+    torch.manual_seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    random.seed(epoch_seed)
+    dataset.transform.set_random_state(seed=epoch_seed)  # MONAI transforms keep their own generators
+
+
+def inputs_sha256(params: DictConfig, workdir: Path) -> str:
+    """What a checkpoint must have been trained from to be resumed: code, params and data."""
+    parts = [
+        provenance.code_sha256(workdir),
+        provenance.params_sha256(resolved_params(params)),
+        str(provenance.dvc_md5s(workdir, [str(PROCESSED)])[str(PROCESSED)]),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def load(path: Path, params: DictConfig, inputs: str, device: torch.device) -> dict | None:
+    """The saved state to continue from, or None to start at epoch 1."""
+    if params.train.resume not in RESUME_CHOICES:
+        raise UserError(
+            f"train.resume must be one of {', '.join(RESUME_CHOICES)}, got {params.train.resume!r}."
+        )
+    if params.train.resume == "never" or not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state["inputs_sha256"] != inputs:
+        log.warning(
+            "Not resuming from %s: it was written for other code, params or data; starting at epoch 1",
+            path,
+        )
+        return None
+    log.info("Resuming from %s after epoch %d (MLflow run %s)", path, state["epoch"], state["run_id"])
+    return state
+
+
+def save(path: Path, state: dict) -> None:
+    save_checkpoint(path, **state)
+    log.warning(
+        "Stopped after epoch %d; saved %s. Run the same experiment again to resume (train.resume=auto).",
+        state["epoch"],
+        path,
+    )
+
+
+def discard(path: Path) -> None:
+    """A finished run leaves nothing to resume."""
+    path.unlink(missing_ok=True)
