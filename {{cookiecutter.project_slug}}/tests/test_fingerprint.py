@@ -49,7 +49,7 @@ def run_fingerprint(package_module, root: Path, num_workers: int = 1) -> dict:
     fingerprint = package_module("fingerprint")
     dataset = package_module("msd").read_msd(root)
     work = partial(fingerprint.fingerprint_case, dataset=dataset, seed=0)
-    cases = package_module("parallel").map_cases(work, dataset.cases, num_workers)
+    cases = package_module("parallel").map_cases(work, dataset.cases, num_workers, "fingerprint")
     return fingerprint.summarise(dataset, cases)
 
 

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         "--tolerance", type=float, help="allowed |difference| per metric (default: 0 on CPU, 0.01 on GPU)"
     )
     commands.add_parser("sync", help="tag MLflow runs with the commit DVC made for their experiment")
+    commands.add_parser(
+        "doctor", help="check this machine before a first run (versions, GPU, git, DVC, MLflow, disk)"
+    )
     commands.add_parser("check-params", help="fail if params.yaml was composed from another conf/")
     args = parser.parse_args(argv)
     # The project's own lines at INFO; libraries only when they warn.
@@ -70,13 +73,15 @@ def _dispatch(args: argparse.Namespace) -> bool:
     from .config import load_params, repo_root
 
     workdir = Path.cwd()
-    if args.command in ("verify", "reproduce", "sync", "predict", "search"):
+    if args.command in ("verify", "reproduce", "sync", "predict", "search", "doctor"):
         command = importlib.import_module(f".{args.command}", __package__)
     if args.command == "verify":
         return command.verify(args.run_id, workdir)
     if args.command == "reproduce":
         run_id = args.run_id or importlib.import_module(".verify", __package__).latest_run_id(workdir)
         return command.reproduce(run_id, repo_root(), args.tolerance)
+    if args.command == "doctor":
+        return command.doctor(repo_root())
     if args.command == "sync":
         command.sync(repo_root())
         return True

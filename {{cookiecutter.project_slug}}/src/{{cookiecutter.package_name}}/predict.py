@@ -29,6 +29,7 @@ from .acceleration import Acceleration
 from .config import PARAMS_FILE, repo_root
 from .errors import UserError
 from .models import model_from_card
+from .progress import track
 from .registry import CHAMPION, logged_model
 from .tracking import tracking_uri
 from .transforms import preprocess_transforms
@@ -57,7 +58,7 @@ def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: flo
     prepare = preprocess_transforms(card["preprocessing"], keys=("image",))
     restore = Invertd(keys="mask", transform=prepare, orig_keys="image", nearest_interp=True)
     output.mkdir(parents=True, exist_ok=True)
-    for path in files:
+    for path in track(files, "predict", unit="file"):
         source = check_input(path, card["channels"])
         item = prepare({"image": str(path)})
         logits = engine.predict(

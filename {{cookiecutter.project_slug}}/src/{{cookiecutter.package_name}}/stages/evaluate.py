@@ -24,6 +24,7 @@ from ..loaders import eval_loader, read_plan
 from ..models import build_model
 from ..msd import read_msd
 from ..overlays import save_overlay
+from ..progress import track
 
 log = logging.getLogger(__name__)
 # MONAI's own HausdorffDistanceMetric passes get_mask_edges an argument that MONAI itself
@@ -54,7 +55,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
     rows = []
-    for index, batch in enumerate(eval_loader(params, processed, "test", plan["size_mb"], device)):
+    test_data = eval_loader(params, processed, "test", plan["size_mb"], device)
+    for index, batch in enumerate(track(test_data, "evaluate")):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = predict(model, images, patch, params.evaluate.overlap, acceleration)
         predictions = [to_pred(item) for item in decollate_batch(logits)]

@@ -40,7 +40,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir(parents=True)
     work = partial(_preprocess_case, dataset=source, preprocessing=preprocessing, out=out)
-    cases = map_cases(work, source.cases, params.data.num_workers)
+    cases = map_cases(work, source.cases, params.data.num_workers, "preprocess")
 
     splits = split_cases(
         [case["name"] for case in source.cases],

@@ -28,6 +28,7 @@ from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, T
 from ..loaders import cache_choice, eval_loader, read_plan, train_loader
 from ..models import build_model, model_card
 from ..msd import read_msd
+from ..progress import logs_above_bars, track
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
     tracked = (
         tracking.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
     )
-    with tracked or contextlib.nullcontext() as run:
+    with tracked or contextlib.nullcontext() as run, logs_above_bars():
         if saved and ranks.is_main:
             mlflow.set_tag("resumed_from", saved["run_id"])
             for epoch, metrics in _epoch_metrics(progress).items():  # this run holds whole curves
@@ -94,13 +95,17 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         # From process start to the first batch: imports, device, caches, the MLflow run.
         startup_seconds = time.time() - psutil.Process().create_time()
         snapshot = None
+        epochs = range(progress["epoch"] + 1, params.epochs + 1)
         try:
-            for epoch in range(progress["epoch"] + 1, params.epochs + 1):
+            for epoch in track(epochs, "train", unit="epoch") if ranks.is_main else epochs:
                 if ranks.is_main:
                     # Where a stop during this epoch resumes from; copies on the device are cheap.
                     snapshot = _snapshot(net, optimizer, scaler, progress)
                 resume.seed_epoch(params.seed, ranks.rank, epoch, train_data.dataset)
-                loss = train_one_epoch(model, train_data, loss_fn, optimizer, scaler, acceleration)
+                batches = track(train_data, f"epoch {epoch}", unit="batch", leave=False)
+                loss = train_one_epoch(
+                    model, batches if ranks.is_main else train_data, loss_fn, optimizer, scaler, acceleration
+                )
                 loss = distributed.mean(loss, ranks, device)
                 dice = None
                 if epoch % params.train.val_every == 0 or epoch == params.epochs:
@@ -148,6 +153,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
                 "startup_seconds": round(startup_seconds, 2),
                 "peak_rss_mb": round(peak_rss_mb, 1),
             }
+            | _peak_gpu_memory(device)
         )
         (workdir / PLOTS).mkdir(parents=True, exist_ok=True)
         pd.DataFrame(progress["losses"]).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
@@ -203,6 +209,14 @@ def _snapshot(
         "scaler": scaler.state_dict(),
         **copy.deepcopy(progress),
     }
+
+
+def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
+    """The most GPU memory this process's tensors held at once (MLflow's system metrics sample
+    the whole GPU's use, other processes included)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
 
 
 def _epoch_metrics(progress: dict) -> dict[int, dict[str, float]]:

@@ -1,0 +1,62 @@
+"""`doctor` on a ready project passes; with no git identity and an MLflow server that is down,
+it fails those two checks, says how to fix them, and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable) -> Path:
+    return copy_project(tmp_path_factory.mktemp("doctor"))
+
+
+def doctor(project: Path, **env: str) -> subprocess.CompletedProcess:
+    """`doctor` in ``project`` with this environment plus ``env`` (an empty value unsets)."""
+    package = next(path.name for path in (project / "src").iterdir() if (path / "doctor.py").exists())
+    environment = {**os.environ, "PYTHONPATH": str(project / "src"), "DVC_NO_ANALYTICS": "1"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.update(env)
+    environment = {key: value for key, value in environment.items() if value}
+    command = [sys.executable, "-m", package, "doctor"]
+    return subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
+
+
+def test_a_ready_project_passes(project: Path) -> None:
+    identity = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.org"}
+    result = doctor(project, **identity)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for check in ("python", "libraries", "git identity", "dvc repo", "mlflow store", "disk"):
+        assert any(line.startswith(f"PASS  {check}:") for line in lines), (check, result.stdout)
+    assert any(line.startswith(("PASS  cuda:", "WARN  cuda:")) for line in lines)
+    assert "WARN  dvc remote: no default remote" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("0 failed, ")
+
+
+def test_no_identity_and_a_server_that_is_down_fail(project: Path, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = doctor(
+        project,
+        GIT_AUTHOR_NAME="",
+        GIT_AUTHOR_EMAIL="",
+        EMAIL="",
+        HOME=str(tmp_path),
+        GIT_CONFIG_GLOBAL=str(tmp_path / "no-gitconfig"),
+        GIT_CONFIG_NOSYSTEM="1",
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  git identity: not set" in result.stdout
+    assert "fix: git config --global user.name" in result.stdout
+    assert f"FAIL  mlflow store: Cannot use the MLflow store http://127.0.0.1:{port}" in result.stdout
+    assert "2 failed" in result.stdout
