@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import (
     DEFAULT_PACKAGE,
     DEFAULT_SLUG,
@@ -183,9 +184,28 @@ def test_every_combination_bakes_exactly_the_template(
     assert_pyproject(project, answers)
     assert_license(project, answers["license"])
     if answers["ci_workflow"] == "github":
-        workflow = (project / ".github" / "workflows" / "ci.yml").read_text()
-        assert f'python-version: "{answers["python_version"]}"' in workflow
+        assert_workflow(project, answers["python_version"])
     assert params_fingerprint(project) == conf_fingerprint(project)
+
+
+def assert_workflow(project: Path, python_version: str) -> None:
+    """The workflow parses, and has the job and steps that the baked README promises."""
+    workflow = yaml.safe_load(
+        (project / ".github" / "workflows" / "ci.yml").read_text()
+    )
+    readme = (project / "README.md").read_text()
+    assert "runs one job, `test`, on every push and pull request" in readme
+    assert list(workflow["jobs"]) == ["test"]
+    steps = workflow["jobs"]["test"]["steps"]
+    assert {step.get("name") for step in steps} >= {"Lint", "Test"}
+    setup = next(
+        step
+        for step in steps
+        if step.get("uses", "").startswith("actions/setup-python")
+    )
+    assert setup["with"]["python-version"] == python_version
+    # PyYAML reads the bare key `on` as True.
+    assert set(workflow[True]) == {"push", "pull_request"}
 
 
 @pytest.mark.parametrize(
