@@ -95,8 +95,9 @@ def test_predict_and_validate_whole_volumes(engine, package_module) -> None:
     logits = engine.predict(model.eval(), volume["image"], PATCH, overlap=0.25, acceleration=plain)
     assert logits.shape == (1, 2, 16, 16, 12)
     assert logits.dtype == torch.float32
-    dice = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, acceleration=plain)
+    dice, per_class = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, acceleration=plain)
     assert 0.0 <= dice <= 1.0
+    assert per_class == [pytest.approx(dice)]  # one foreground class: its Dice is the mean
 
 
 def test_save_checkpoint_replaces_the_file_whole(engine, tmp_path: Path) -> None:
@@ -153,3 +154,11 @@ def test_fast_path_training_steps_on_cuda(engine, package_module, overrides, dty
     # The first step may be skipped if the initial loss scale overflows; two steps must move weights.
     engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, fast)
     assert any(not torch.equal(old, new) for old, new in zip(before, net.parameters(), strict=True))
+
+
+def test_overlays_pick_the_worst_median_and_best_cases(package_module) -> None:
+    ranked_picks = package_module("overlays").ranked_picks
+    scores = {"a": 0.9, "b": 0.1, "c": 0.5, "d": float("nan"), "e": 0.7, "f": 0.3}
+    assert ranked_picks(scores, 3) == {"b": "worst", "c": "median", "a": "best"}
+    assert ranked_picks({"a": 0.4}, 3) == {"a": "only"}
+    assert ranked_picks(scores, 0) == {}

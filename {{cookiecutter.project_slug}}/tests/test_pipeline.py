@@ -81,3 +81,17 @@ def test_stale_params_are_refused(workspace: Path, run: Run) -> None:
 
 def _experiment_name(workspace: Path) -> str:
     return yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
+
+
+@pytest.mark.slow
+def test_curves_per_class_and_overlays_from_worst_to_best(workspace: Path) -> None:
+    per_class = sorted((workspace / "plots/train/val_dice_per_class").glob("*.csv"))
+    names = json.loads((workspace / "data/processed/dataset.json").read_text())["labels"]
+    foreground = sorted(f"{name}.csv" for index, name in names.items() if int(index) != 0)
+    assert [path.name for path in per_class] == foreground
+    header, *rows = per_class[0].read_text().splitlines()
+    assert header == "epoch,val_dice" and len(rows) == 2
+    overlays = sorted(path.name.split("-", 1)[0] for path in (workspace / "reports/overlays").glob("*.png"))
+    test_cases = len(json.loads((workspace / "data/processed/splits.json").read_text())["test"])
+    expected = {1: ["only"], 2: ["best", "worst"]}.get(test_cases, ["best", "median", "worst"])
+    assert overlays == expected

@@ -97,8 +97,8 @@ def validate(
     num_classes: int,
     patch_size: list[int],
     acceleration: Acceleration,
-) -> float:
-    """Mean foreground Dice over the validation volumes."""
+) -> tuple[float, list[float]]:
+    """Mean foreground Dice over the validation volumes, and its mean per foreground class."""
     model.eval()
     to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
     metric = DiceMetric(include_background=False, reduction="mean")
@@ -109,7 +109,7 @@ def validate(
             [to_pred(item) for item in decollate_batch(logits)],
             [to_label(item) for item in decollate_batch(batch["label"].to(acceleration.device))],
         )
-    return float(metric.aggregate().item())
+    return float(metric.aggregate().item()), metric.aggregate("mean_batch").tolist()
 
 
 def save_checkpoint(path: Path, **state: object) -> None:

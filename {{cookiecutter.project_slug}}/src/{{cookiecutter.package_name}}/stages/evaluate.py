@@ -23,7 +23,7 @@ from ..layout import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, 
 from ..loaders import eval_loader, read_plan
 from ..models import build_model
 from ..msd import read_msd
-from ..overlays import save_overlay
+from ..overlays import OverlaySlice, ranked_picks, save_overlay
 from ..progress import track
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ def run(params: DictConfig, workdir: Path) -> None:
     hausdorff = HausdorffDistanceMetric(
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
-    rows = []
+    rows, views = [], {}
     test_data = eval_loader(params, processed, "test", plan["size_mb"], device)
-    for index, batch in enumerate(track(test_data, "evaluate")):
+    for batch in track(test_data, "evaluate"):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = predict(model, images, patch, params.evaluate.overlap, acceleration)
         predictions = [to_pred(item) for item in decollate_batch(logits)]
@@ -69,14 +69,17 @@ def run(params: DictConfig, workdir: Path) -> None:
             | {f"dice_{n}": d for n, d in zip(names, case_dice, strict=True)}
             | {f"hd{params.evaluate.hd_percentile}_{n}": h for n, h in zip(names, case_hd, strict=True)}
         )
-        if index < params.evaluate.overlays:
-            save_overlay(
-                workdir / REPORTS / "overlays" / f"{name}.png",
-                images[0, 0].cpu().numpy(),
-                labels[0, 0].cpu().numpy(),
-                logits[0].argmax(0).cpu().numpy(),
-            )
+        # One slice per case is kept, so that the cases worth a picture can be chosen at the end.
+        views[name] = OverlaySlice.of(
+            name, images[0, 0].cpu().numpy(), labels[0, 0].cpu().numpy(), logits[0].argmax(0).cpu().numpy()
+        )
     metrics = _summarise(rows, names, params.evaluate.hd_percentile)
+    case_dice = {row["case"]: _mean([row[f"dice_{n}"] for n in names]) for row in rows}
+    for case, role in ranked_picks(case_dice, params.evaluate.overlays).items():
+        title = f"{role}: {case}, Dice {case_dice[case]:.3f}"
+        save_overlay(
+            workdir / REPORTS / "overlays" / f"{role}-{case}.png", views[case], dataset.foreground, title
+        )
 
     with tracking.start_run(
         params,
@@ -96,12 +99,18 @@ def run(params: DictConfig, workdir: Path) -> None:
     log.info("Test dice_mean %s (%d cases), run %s", dice_mean, len(rows), run.info.run_id)
 
 
+def _mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN when there are none (e.g. every mask empty)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def _summarise(rows: list[dict], names: list[str], percentile: int) -> dict:
     """Mean over cases per class, then over classes; NaN (empty masks) is left out and kept None."""
 
     def mean(values: list[float]) -> float | None:
-        finite = [v for v in values if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else None
+        value = _mean(values)
+        return None if math.isnan(value) else value
 
     summary: dict[str, float | None] = {}
     for prefix in ("dice", f"hd{percentile}"):

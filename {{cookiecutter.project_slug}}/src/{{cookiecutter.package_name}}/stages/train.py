@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -111,7 +112,11 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
                 if epoch % params.train.val_every == 0 or epoch == params.epochs:
                     # Every process validates the whole split: MONAI's metrics gather across
                     # processes, and the mean over their identical results is the split's mean.
-                    dice = validate(net, val_data, dataset.num_classes, patch, acceleration)
+                    mean, per_class = validate(net, val_data, dataset.num_classes, patch, acceleration)
+                    dice = {"val_dice": mean} | {
+                        f"val_dice_{name}": value
+                        for name, value in zip(dataset.foreground.values(), per_class, strict=True)
+                    }
                 if ranks.is_main:
                     _record(progress, epoch, loss, dice, params.epochs, workdir, net, card)
         except Interrupted:
@@ -155,9 +160,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
             }
             | _peak_gpu_memory(device)
         )
-        (workdir / PLOTS).mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(progress["losses"]).to_csv(workdir / PLOTS / "train_loss.csv", index=False)
-        pd.DataFrame(progress["dices"]).to_csv(workdir / PLOTS / "val_dice.csv", index=False)
+        _write_curves(workdir / PLOTS, progress)
         if params.tracking.log_model:
             tracking.log_model(net, workdir / MODELS / "best.pt", card)
         tracking.write_run_metrics(
@@ -176,7 +179,7 @@ def _record(
     progress: dict,
     epoch: int,
     loss: float,
-    dice: float | None,
+    dice: dict[str, float] | None,
     epochs: int,
     workdir: Path,
     net: torch.nn.Module,
@@ -187,13 +190,13 @@ def _record(
     progress["losses"].append({"epoch": epoch, "train_loss": loss})
     epoch_metrics = {"train_loss": loss}
     message = f"epoch {epoch}/{epochs} train_loss {loss:.4f}"
-    if dice is not None:
-        progress["dices"].append({"epoch": epoch, "val_dice": dice})
-        epoch_metrics["val_dice"] = dice
-        message += f" val_dice {dice:.4f}"
+    if dice is not None:  # val_dice, the mean over classes, and val_dice_<class> for each
+        progress["dices"].append({"epoch": epoch, **dice})
+        epoch_metrics |= dice
+        message += f" val_dice {dice['val_dice']:.4f}"
         # The first validation always saves, so that a NaN Dice still leaves a best.pt.
-        if progress["best_epoch"] == 0 or dice > progress["best_dice"]:
-            progress["best_dice"], progress["best_epoch"] = dice, epoch
+        if progress["best_epoch"] == 0 or dice["val_dice"] > progress["best_dice"]:
+            progress["best_dice"], progress["best_epoch"] = dice["val_dice"], epoch
             save_checkpoint(workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card)
     mlflow.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
     log.info(message)
@@ -219,11 +222,27 @@ def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
     return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
 
 
+def _write_curves(folder: Path, progress: dict) -> None:
+    """The CSV files dvc.yaml plots: loss, mean validation Dice, and one file per class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(progress["losses"]).to_csv(folder / "train_loss.csv", index=False)
+    dices = pd.DataFrame(progress["dices"])
+    dices[["epoch", "val_dice"]].to_csv(folder / "val_dice.csv", index=False)
+    per_class = folder / "val_dice_per_class"
+    shutil.rmtree(per_class, ignore_errors=True)  # no file left from another dataset's classes
+    per_class.mkdir()
+    for column in dices.columns.drop(["epoch", "val_dice"]):
+        name = column.removeprefix("val_dice_")
+        dices[["epoch", column]].rename(columns={column: "val_dice"}).to_csv(
+            per_class / f"{name}.csv", index=False
+        )
+
+
 def _epoch_metrics(progress: dict) -> dict[int, dict[str, float]]:
     """Per finished epoch, its metrics (train_loss, and val_dice where it validated)."""
     metrics = {row["epoch"]: {"train_loss": row["train_loss"]} for row in progress["losses"]}
     for row in progress["dices"]:
-        metrics[row["epoch"]]["val_dice"] = row["val_dice"]
+        metrics[row["epoch"]] |= {key: value for key, value in row.items() if key != "epoch"}
     return metrics
 
 
