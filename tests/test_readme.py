@@ -26,6 +26,8 @@ NOISE = (
     "Registered model",
     "Successfully registered model",
     "Created version",
+    "No file hash info found",
+    "DeprecationWarning",
 )
 
 
