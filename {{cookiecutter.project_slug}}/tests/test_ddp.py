@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 pytestmark = pytest.mark.slow
-# Two processes with batch 1 see the same global batch as one process with batch 2, but not the
-# same crops in the same steps (each process draws its own) and batch norm statistics over its
-# own batch: close, not bitwise. Two epochs of the tiny set differed by 0.002 in loss and Dice.
-TOLERANCE = 0.02
+# Two processes with batch 1 see the same global batch size as one process with batch 2, but not
+# the same pairs of cases in a step, nor the same flips (each process draws its own): close, not
+# bitwise. The mean training loss agrees closely (measured: 0.999 vs 0.995 after 2 epochs, 0.677
+# vs 0.677 after 6). The best validation Dice of a 2-epoch model, on the one validation volume
+# of the tiny set, moves much more with those draws (measured: 0.328 vs 0.283).
+TOLERANCE = {"final_train_loss": 0.02, "best_val_dice": 0.1}
 
 
 def test_two_processes_give_one_run_one_checkpoint_set_and_close_metrics(
@@ -37,6 +39,6 @@ def test_two_processes_give_one_run_one_checkpoint_set_and_close_metrics(
     assert len(client.get_metric_history(ddp["mlflow_run_id"], "train_loss")) == 2, (
         "rank 0 logs each epoch once"
     )
-    for key in ("final_train_loss", "best_val_dice"):
-        assert ddp[key] == pytest.approx(single[key], abs=TOLERANCE), (key, single[key], ddp[key])
+    for key, tolerance in TOLERANCE.items():
+        assert ddp[key] == pytest.approx(single[key], abs=tolerance), (key, single[key], ddp[key])
     print(f"\n  one process: {single}\n  two processes: {ddp}", file=sys.stderr)
