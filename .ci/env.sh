@@ -13,7 +13,8 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   # Installed first, so that the projects' plain `torch` requirement keeps this build.
   # Set TORCH_SPEC (e.g. TORCH_SPEC=torch) to choose another build.
   "$VENV/bin/pip" install --quiet "${TORCH_SPEC:-torch==2.13.0}"
-  "$VENV/bin/pip" install --quiet "cookiecutter>=2.6" "pytest>=8" "ruff>=0.5" "cruft>=2.15"
+  "$VENV/bin/pip" install --quiet "cookiecutter>=2.6" "pytest>=8" "ruff>=0.5" "cruft>=2.15" \
+    tensorboard wandb  # the optional extra sinks (tracking.sinks), which the tests exercise
   # The baked project's own dependencies, taken from a throwaway bake of its pyproject.toml.
   scratch="$(mktemp -d)"
   "$VENV/bin/cookiecutter" --no-input --output-dir "$scratch" "$TEMPLATE_DIR" data_remote=s3

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from . import provenance
 from .config import repo_root, resolved_params
 from .errors import UserError
+from .sinks import Sinks
 
 if TYPE_CHECKING:  # torch is imported only by the stages that log a model
     import torch
@@ -29,6 +30,8 @@ for _chatty in ("mlflow.system_metrics", "mlflow.store.db.utils"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 ARTIFACTS_DIR = "mlartifacts"
+# The extra sinks of the run that start_run has open, which log_metrics also writes to.
+_extra_sinks: Sinks | None = None
 # Set by `reproduce` for the stages it re-runs; becomes the run's `reproduces` tag.
 REPRODUCES_VARIABLE = "REPRODUCES_RUN_ID"
 
@@ -141,10 +144,24 @@ def start_run(
     ) as run:
         plain = resolved_params(params)
         flat = pd.json_normalize(plain, sep=".").iloc[0].to_dict()
-        mlflow.log_params({key: str(value) for key, value in flat.items()} | (resolved or {}))
+        logged = {key: str(value) for key, value in flat.items()} | (resolved or {})
+        mlflow.log_params(logged)
         mlflow.log_dict(plain, "config/params.yaml")
         mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
-        yield run
+        global _extra_sinks
+        _extra_sinks = Sinks(list(params.tracking.sinks), run_name, run.info.run_id, logged, tags)
+        try:
+            yield run
+        finally:
+            _extra_sinks.close()
+            _extra_sinks = None
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run, to MLflow and to the extra sinks (``tracking.sinks``)."""
+    mlflow.log_metrics(metrics, step=step)
+    if _extra_sinks is not None:
+        _extra_sinks.log_metrics(metrics, step)
 
 
 def write_run_metrics(path: Path, run_id: str, metrics: dict) -> None:

@@ -89,7 +89,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         parent_run_id=train_run_id,
         resolved={"resolved.patch_size": planning.describe(patch)},
     ) as run:
-        mlflow.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
+        tracking.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
         (workdir / REPORTS).mkdir(parents=True, exist_ok=True)  # also when evaluate.overlays is 0
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")

@@ -91,7 +91,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         if saved and ranks.is_main:
             mlflow.set_tag("resumed_from", saved["run_id"])
             for epoch, metrics in _epoch_metrics(progress).items():  # this run holds whole curves
-                mlflow.log_metrics(metrics, step=epoch)
+                tracking.log_metrics(metrics, step=epoch)
         started = time.perf_counter()
         # From process start to the first batch: imports, device, caches, the MLflow run.
         startup_seconds = time.time() - psutil.Process().create_time()
@@ -151,7 +151,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         }
         # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        mlflow.log_metrics(
+        tracking.log_metrics(
             {
                 **summary,
                 "train_seconds": round(seconds, 2),
@@ -198,7 +198,7 @@ def _record(
         if progress["best_epoch"] == 0 or dice["val_dice"] > progress["best_dice"]:
             progress["best_dice"], progress["best_epoch"] = dice["val_dice"], epoch
             save_checkpoint(workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card)
-    mlflow.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
+    tracking.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
     log.info(message)
 
 
