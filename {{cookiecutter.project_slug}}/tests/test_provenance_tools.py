@@ -65,6 +65,27 @@ def test_verify_matches_the_workspace_run(workspace: Path, cli) -> None:
     print(f"verify took {seconds:.1f} s")
 
 
+def test_verify_accepts_a_later_commit_with_the_same_sources(
+    workspace: Path, cli, run, tmp_path: Path
+) -> None:
+    """The team's flow: results committed after the run; a code change there is still caught."""
+    clone = tmp_path / "clone"
+    shutil.copytree(workspace, clone, symlinks=True)
+    recorded = client_for(clone).get_run(run_id(clone, "evaluate")).data.tags["git.commit"]
+    run(["git", "add", "--all"], clone)
+    run(["git", "commit", "--quiet", "-m", "Results of the first experiment"], clone)
+    result = cli(clone, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"(descendant of {recorded[:12]}, sources unchanged)" in result.stdout
+
+    stage = next((clone / "src").glob("*/stages/evaluate.py"))
+    stage.write_text(stage.read_text() + "\n# a change of code after the run\n")
+    run(["git", "commit", "--quiet", "--all", "-m", "Change evaluate"], clone)
+    result = cli(clone, "verify")
+    assert result.returncode == 1
+    assert mismatches(result) == {"git.commit", "code.sha256"}
+
+
 def test_one_voxel_changes_only_the_data_hash(workspace: Path, cli, run) -> None:
     case = workspace / "data/synthetic/imagesTr/case_000.nii.gz"
     image = nib.load(case)

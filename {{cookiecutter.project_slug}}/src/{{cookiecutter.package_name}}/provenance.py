@@ -48,6 +48,14 @@ def git_commit(workdir: Path) -> str:
     return os.environ.get("DVC_EXP_BASELINE_REV") or git(workdir, "rev-parse", "HEAD")
 
 
+def is_ancestor(workdir: Path, ancestor: str, commit: str) -> bool:
+    """Whether ``commit`` descends from (or is) ``ancestor``; False when either is unknown here."""
+    result = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=workdir, capture_output=True
+    )
+    return result.returncode == 0
+
+
 def git_dirty(workdir: Path) -> bool:
     """Whether sources, dvc.yaml or conf/ differ from HEAD (files DVC rewrites don't count)."""
     status = git(workdir, "status", "--porcelain", "--untracked-files=all", "--", *DIRTY_PATHS)

@@ -20,12 +20,15 @@ class Check:
     item: str
     recorded: str
     current: str
+    accepted_because: str = ""  # why a different value still matches
 
     @property
     def matches(self) -> bool:
-        return self.recorded == self.current
+        return self.recorded == self.current or bool(self.accepted_because)
 
     def line(self) -> str:
+        if self.accepted_because:
+            return f"  match     {self.item:<24} {self.current} ({self.accepted_because})"
         if self.matches:
             return f"  match     {self.item:<24} {self.current}"
         return f"  MISMATCH  {self.item:<24} recorded {self.recorded} != now {self.current}"
@@ -53,7 +56,23 @@ def provenance_checks(tags: dict[str, str], workdir: Path) -> list[Check]:
     current = provenance.dvc_md5s(workdir, [path for _, path, _ in inputs])
     for tag, path, md5 in inputs:
         checks.append(Check(tag, md5, current[path] or f"missing ({path}; try `dvc pull`)"))
-    return checks
+    return _accept_descendant(checks, workdir)
+
+
+def _accept_descendant(checks: list[Check], workdir: Path) -> list[Check]:
+    """A HEAD that descends from the recorded commit matches when nothing hashed has changed.
+
+    The team's flow commits a run's results after the run (`dvc exp apply` or `dvc exp branch`,
+    then `git commit`), so a colleague's clone sits on a later commit than the one recorded.
+    The code, params and data hashes decide whether that later commit still computes the same.
+    """
+    commit, *others = checks
+    if commit.matches or not all(check.matches for check in others):
+        return checks
+    if not provenance.is_ancestor(workdir, commit.recorded, commit.current):
+        return checks
+    note = f"descendant of {commit.recorded[:12]}, sources unchanged"
+    return [Check(commit.item, commit.recorded, commit.current, note), *others]
 
 
 def environment_warnings(tags: dict[str, str]) -> list[str]:
