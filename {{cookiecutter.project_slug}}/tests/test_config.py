@@ -194,3 +194,21 @@ def test_every_optimizer_option_takes_the_top_level_lr(option: str) -> None:
     optimizer = instantiate(cfg.optimizer)([weights], lr=cfg.lr)
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert optimizer.param_groups[0]["lr"] == cfg.lr
+
+
+def test_a_target_outside_the_allowed_modules_is_refused(config, workdir: Path, user_error) -> None:
+    path = workdir / "params.yaml"
+    params = OmegaConf.load(path)
+    params.model.net._target_ = "os.system"
+    OmegaConf.save(params, path)
+    with pytest.raises(user_error, match=r"`model.net._target_=os.system` is refused.*allowed_targets"):
+        config.load_params(workdir)
+
+
+def test_allowed_targets_adds_a_module_the_user_trusts(config, workdir: Path) -> None:
+    path = workdir / "params.yaml"
+    params = OmegaConf.load(path)
+    params.loss._target_ = "collections.OrderedDict"
+    params.allowed_targets = ["collections"]
+    OmegaConf.save(params, path)
+    assert config.load_params(workdir).loss._target_ == "collections.OrderedDict"

@@ -95,3 +95,18 @@ def test_curves_per_class_and_overlays_from_worst_to_best(workspace: Path) -> No
     test_cases = len(json.loads((workspace / "data/processed/splits.json").read_text())["test"])
     expected = {1: ["only"], 2: ["best", "worst"]}.get(test_cases, ["best", "median", "worst"])
     assert overlays == expected
+
+
+@pytest.mark.slow
+def test_a_crafted_target_stops_before_anything_is_built(workspace: Path, run: Run) -> None:
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(_experiment_name(workspace)).experiment_id
+    runs_before = len(client.search_runs([experiment]))
+    marker = workspace / "pwned"
+    crafted = ["-S", "model.net._target_=os.system", "-S", f"+model.net.command=touch {marker}"]
+    result = run([sys.executable, "-m", "dvc", "exp", "run", *crafted], workspace, check=False)
+    run([sys.executable, "-m", "dvc", "checkout", "--force"], workspace)  # what the failed stage removed
+    assert result.returncode != 0
+    assert "`model.net._target_=os.system` is refused" in result.stderr + result.stdout
+    assert not marker.exists()
+    assert len(client.search_runs([experiment])) == runs_before

@@ -14,6 +14,8 @@ from .errors import UserError
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
 FINGERPRINT_KEY = "conf_sha256"
+# Modules whose objects `_target_` may always name (see _check_targets).
+TRUSTED_MODULES = ("torch", "monai")
 REQUIRED_KEYS = {
     "seed": int,
     "lr": float,
@@ -58,6 +60,7 @@ def load_params(workdir: Path | None = None) -> DictConfig:
         raise UserError(f"{path} must be a mapping of keys to values; recompose it with `dvc exp run`.")
     _check_fresh(params, workdir)
     _check_types(params, path)
+    _check_targets(params, path)
     return params
 
 
@@ -102,6 +105,34 @@ def _check_types(params: DictConfig, path: Path) -> None:
             f"{path}: `patch_size` must be auto or three positive integers (voxels), got {patch}; "
             "e.g. -S 'patch_size=[64,64,64]'."
         )
+
+
+def _check_targets(params: DictConfig, path: Path) -> None:
+    """Refuse a ``_target_`` outside the allowed modules before anything is built.
+
+    Instantiating config runs whatever callable ``_target_`` names (MONAI's docs warn of the
+    same): ``-S model.net._target_=os.system`` would run a shell. Only torch, MONAI, this
+    package and the modules listed in ``allowed_targets`` (conf/config.yaml) may be named.
+    """
+    allowed = {*TRUSTED_MODULES, __package__, *params.get("allowed_targets", [])}
+    for key, target in _targets(OmegaConf.to_container(params, resolve=False)):
+        if not any(str(target) == module or str(target).startswith(f"{module}.") for module in allowed):
+            raise UserError(
+                f"{path}: `{key}={target}` is refused: `_target_` may name only {', '.join(sorted(allowed))} "
+                "objects. If you trust that module, add it to `allowed_targets` in conf/config.yaml."
+            )
+
+
+def _targets(node: object, prefix: str = "") -> list[tuple[str, object]]:
+    """Every (dotted key, value) of a ``_target_`` in a nested params tree."""
+    if isinstance(node, dict):
+        found = [(f"{prefix}_target_", node["_target_"])] if "_target_" in node else []
+        for key, value in node.items():
+            found += _targets(value, f"{prefix}{key}.")
+        return found
+    if isinstance(node, list):
+        return [found for index, item in enumerate(node) for found in _targets(item, f"{prefix}{index}.")]
+    return []
 
 
 def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
