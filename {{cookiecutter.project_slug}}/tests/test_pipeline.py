@@ -104,9 +104,50 @@ def test_a_crafted_target_stops_before_anything_is_built(workspace: Path, run: R
     runs_before = len(client.search_runs([experiment]))
     marker = workspace / "pwned"
     crafted = ["-S", "model.net._target_=os.system", "-S", f"+model.net.command=touch {marker}"]
-    result = run([sys.executable, "-m", "dvc", "exp", "run", *crafted], workspace, check=False)
-    run([sys.executable, "-m", "dvc", "checkout", "--force"], workspace)  # what the failed stage removed
+    params = workspace / "params.yaml"
+    original = params.read_text()
+    try:
+        result = run([sys.executable, "-m", "dvc", "exp", "run", *crafted], workspace, check=False)
+    finally:  # `dvc exp run` composed the crafted params.yaml; the failed stage removed its outputs
+        params.write_text(original)
+        run([sys.executable, "-m", "dvc", "checkout", "--force"], workspace)
     assert result.returncode != 0
     assert "`model.net._target_=os.system` is refused" in result.stderr + result.stdout
     assert not marker.exists()
     assert len(client.search_runs([experiment])) == runs_before
+
+
+@pytest.mark.slow
+def test_runs_show_their_data_as_mlflow_datasets_and_describe_themselves(workspace: Path) -> None:
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(_experiment_name(workspace)).experiment_id
+    train_id = json.loads((workspace / "metrics/train.json").read_text())["mlflow_run_id"]
+    train = client.get_run(train_id)
+    processed = train.data.tags["data.processed.md5"]
+    found = client.search_runs([experiment], f"dataset.digest = '{processed}'")
+    assert train_id in {run.info.run_id for run in found}
+    inputs = {entry.dataset.name: entry.dataset for entry in train.inputs.dataset_inputs}
+    assert inputs["processed"].digest == processed and inputs["processed"].source_type == "dvc"
+    assert json.loads(inputs["processed"].source)["path"] == "data/processed"
+    description = train.data.tags["mlflow.note.content"]
+    assert train.data.tags["dvc.exp_name"] in description and f"reproduce {train_id}" in description
+    console = client.download_artifacts(train_id, "logs/console.log", str(workspace / ".."))
+    assert "epoch 2/2" in Path(console).read_text()
+
+
+@pytest.mark.slow
+def test_a_stage_that_fails_marks_its_run_failed_with_the_traceback(workspace: Path, run: Run) -> None:
+    params = workspace / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("champion_metric: dice_mean", "champion_metric: no_such_metric"))
+    package = next(path.parent.name for path in (workspace / "src").glob("*/cli.py"))
+    try:
+        result = run([sys.executable, "-m", package, "evaluate"], workspace, check=False)
+    finally:
+        params.write_text(original)
+    assert result.returncode == 2 and "no_such_metric" in result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(_experiment_name(workspace)).experiment_id
+    (failed,) = client.search_runs([experiment], "attributes.status = 'FAILED'")
+    trace = client.download_artifacts(failed.info.run_id, "logs/traceback.txt", str(workspace / ".."))
+    assert "no_such_metric" in Path(trace).read_text()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 
 from . import provenance
 from .config import repo_root, resolved_params
+from .datasets import log_dvc_inputs
 from .errors import UserError
 from .sinks import Sinks
 
@@ -148,13 +151,40 @@ def start_run(
         mlflow.log_params(logged)
         mlflow.log_dict(plain, "config/params.yaml")
         mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
+        log_dvc_inputs(tags, workdir, context=stage)
+        mlflow.set_tag("mlflow.note.content", _description(tags, run.info.run_id))
         global _extra_sinks
         _extra_sinks = Sinks(list(params.tracking.sinks), run_name, run.info.run_id, logged, tags)
+        console = _capture_console()
         try:
             yield run
+        except Exception:
+            # mlflow.start_run marks the run FAILED on the way out; the traceback says why.
+            mlflow.log_text(traceback.format_exc(), "logs/traceback.txt")
+            raise
         finally:
             _extra_sinks.close()
             _extra_sinks = None
+            logging.getLogger().removeHandler(console)
+            # By run id: a stopped train run has already been ended (KILLED) by the stage.
+            mlflow.MlflowClient().log_text(run.info.run_id, console.stream.getvalue(), "logs/console.log")
+
+
+def _capture_console() -> logging.StreamHandler:
+    """A copy of what the stage logs to the console from here on, for the run's artifacts."""
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _description(tags: dict[str, str], run_id: str) -> str:
+    """The run's description in the MLflow UI: its DVC experiment and how to re-run it."""
+    experiment = tags.get("dvc.exp_name", "none (run outside `dvc exp run`)")
+    return (
+        f"DVC experiment: {experiment}, at commit {tags['git.commit'][:12]}.\n\n"
+        f"Re-run and compare: `python -m {__package__} reproduce {run_id}`"
+    )
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
