@@ -140,6 +140,7 @@ def experiments(
     commands = readme_quick_start(project)
     assert commands == [
         'pip install -e ".[dev]"',
+        f"{DEFAULT_SLUG} doctor",
         "dvc exp run",
         "dvc exp run -S lr=1e-4",  # SECOND_LR
         "dvc exp show",
@@ -160,6 +161,8 @@ def experiments(
             assert git(project, "status", "--porcelain") == "", (
                 "the install left files for git to commit"
             )
+        if command.endswith(" doctor"):
+            assert result.stdout.splitlines()[-1].startswith("0 failed"), result.stdout
         if command == "dvc exp show":
             # The table is cut to the terminal's width: check the rows, not every column.
             rows = re.findall(r"\[[\w-]+\]", result.stdout)
