@@ -24,3 +24,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   touch "$VENV/.complete"
 fi
 export PATH="$VENV/bin:$PATH"
+# Headless Chromium opens the rendered plots pages (tests/test_plots_offline.py); CI runs as root.
+if ! command -v chromium >/dev/null; then
+  apt-get install -y --quiet chromium || { apt-get update --quiet && apt-get install -y --quiet chromium; }
+fi

@@ -1,7 +1,8 @@
 """Finish a baked project: drop what the options turned off, fingerprint conf/, git commit.
 
-Runs in cookiecutter's own interpreter: standard library and git only, no network, and safe
-to run again on the same folder.
+Runs in cookiecutter's own interpreter: standard library and git only, and safe to run again
+on the same folder. Its one download, the plots page's chart libraries from the npm registry,
+may fail without failing the bake.
 """
 
 import importlib.util
@@ -15,6 +16,8 @@ PROJECT = Path.cwd()
 LICENSE = "{{ cookiecutter.license }}"
 CI_WORKFLOW = "{{ cookiecutter.ci_workflow }}"
 AUTHOR = ("{{ cookiecutter.author_name }}", "{{ cookiecutter.author_email }}")
+PACKAGE = "{{ cookiecutter.package_name }}"
+SLUG = "{{ cookiecutter.project_slug }}"
 
 
 def remove_disabled_options() -> None:
@@ -24,17 +27,39 @@ def remove_disabled_options() -> None:
         shutil.rmtree(PROJECT / ".github", ignore_errors=True)
 
 
+def load_project_module(name: str, path: Path):
+    """A standard-library-only module of the project, loaded from its file (not installed yet)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the baked project
+    spec.loader.exec_module(module)
+    return module
+
+
 def fingerprint_conf() -> None:
     """Write conf/'s fingerprint into params.yaml, as `dvc exp run` would when it composes."""
     hashing_file = PROJECT / "src" / "hydra_plugins" / "conf_fingerprint" / "hashing.py"
-    spec = importlib.util.spec_from_file_location("conf_fingerprint_hashing", hashing_file)
-    hashing = importlib.util.module_from_spec(spec)
-    sys.dont_write_bytecode = True  # leave no __pycache__ in the baked project
-    spec.loader.exec_module(hashing)
+    hashing = load_project_module("conf_fingerprint_hashing", hashing_file)
     params = PROJECT / "params.yaml"
     fingerprint = hashing.conf_sha256(PROJECT / "conf")
     text = re.sub(r"(?m)^conf_sha256: .*$", f"conf_sha256: {fingerprint}", params.read_text())
     params.write_text(text)
+
+
+def offline_plots_page() -> None:
+    """Write the page `dvc plots show` fills, with vega inlined; a bake without network still succeeds."""
+    module_file = PROJECT / "src" / PACKAGE / "offline_plots.py"
+    offline_plots = load_project_module("offline_plots", module_file)
+    try:
+        offline_plots.write_offline_page(PROJECT / ".dvc")
+    except offline_plots.FetchError as error:
+        command = f"{SLUG} plots-offline"
+        offline_plots.write_cdn_page(PROJECT / ".dvc", command)
+        print(
+            f"WARNING: {error}.\n"
+            f"`dvc plots show` pages load vega from a CDN until you run `{command}` with network "
+            "(after the install), then commit .dvc/plots/offline.html."
+        )
 
 
 def git(*args: str) -> subprocess.CompletedProcess:
@@ -74,4 +99,5 @@ def initial_commit() -> None:
 if __name__ == "__main__":
     remove_disabled_options()
     fingerprint_conf()
+    offline_plots_page()  # before the first commit, which then holds the page
     initial_commit()

@@ -60,9 +60,14 @@ def load_hashing(project: Path) -> types.ModuleType:
     return module
 
 
+# Not in the template tree: the post-generation hook writes the plots page (offline_plots.py).
+HOOK_WRITTEN = {".dvc/plots", ".dvc/plots/offline.html"}
+
+
 def expected_paths(package: str, license_: str, ci_workflow: str) -> set[str]:
-    """The template tree with its path placeholders rendered, minus what the options drop."""
-    paths = set()
+    """The template tree with its path placeholders rendered, minus what the options drop,
+    plus what the hook writes."""
+    paths = set(HOOK_WRITTEN)
     for path in TEMPLATE_PROJECT.rglob("*"):
         relative = path.relative_to(TEMPLATE_PROJECT).as_posix()
         relative = relative.replace("{{cookiecutter.package_name}}", package)

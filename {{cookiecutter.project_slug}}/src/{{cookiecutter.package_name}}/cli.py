@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "doctor", help="check this machine before a first run (versions, GPU, git, DVC, MLflow, disk)"
     )
+    commands.add_parser(
+        "plots-offline", help="put vega into the page `dvc plots show` writes, so that it renders offline"
+    )
     commands.add_parser("check-params", help="fail if params.yaml was composed from another conf/")
     args = parser.parse_args(argv)
     # The project's own lines at INFO; libraries only when they warn.
@@ -90,6 +93,14 @@ def _dispatch(args: argparse.Namespace) -> bool:
         return True
     if args.command == "predict":
         command.predict(args.inputs, args.model, args.output, args.overlap, workdir)
+        return True
+    if args.command == "plots-offline":
+        offline_plots = importlib.import_module(".offline_plots", __package__)
+        try:
+            page = offline_plots.write_offline_page(repo_root() / ".dvc")
+        except offline_plots.FetchError as error:
+            raise UserError(f"{error}. It needs the npm registry once; the download is cached.") from error
+        print(f"Wrote {page}; commit it so that the lab's pages render offline too.")
         return True
     params = load_params(workdir)
     if args.command == "check-params":
