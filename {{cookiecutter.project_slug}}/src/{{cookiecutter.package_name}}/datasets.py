@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
@@ -64,11 +65,17 @@ def _default_remote(workdir: Path) -> str:
 
     with Repo(str(workdir)) as repo:
         name = repo.config["core"].get("remote")
-        return repo.config["remote"][name]["url"] if name else ""
+        return _without_credentials(repo.config["remote"][name]["url"]) if name else ""
 
 
 def _git_remote(workdir: Path) -> str:
     try:
-        return provenance.git(workdir, "remote", "get-url", "origin")
+        return _without_credentials(provenance.git(workdir, "remote", "get-url", "origin"))
     except Exception:  # no remote named origin: a local repository
         return ""
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@``: clone URLs often carry an access token."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if parts.scheme else url
