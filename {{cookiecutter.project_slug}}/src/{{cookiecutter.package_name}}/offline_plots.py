@@ -86,13 +86,12 @@ def check_integrity(data: bytes, integrity: str, what: str) -> None:
 def tarball(name: str, version: str, integrity: str, cache: Path) -> bytes:
     """The package's npm tarball, from the cache when a verified copy is there."""
     cached = cache / f"{name}@{version}.tgz"
-    if cached.is_file():
+    try:
         data = cached.read_bytes()
-        try:
-            check_integrity(data, integrity, str(cached))
-            return data
-        except FetchError:
-            pass  # a truncated or tampered copy: download it again
+        check_integrity(data, integrity, str(cached))
+        return data
+    except (OSError, FetchError):
+        pass  # not cached yet, unreadable, or a truncated or tampered copy: download it again
     url = f"{REGISTRY}/{name}/-/{name}-{version}.tgz"
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
@@ -100,10 +99,13 @@ def tarball(name: str, version: str, integrity: str, cache: Path) -> bytes:
     except (OSError, http.client.HTTPException) as error:  # no network, refused, cut off
         raise FetchError(f"cannot download {url}: {error}") from error
     check_integrity(data, integrity, url)
-    cache.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(cached)  # atomic, so that concurrent bakes never read half a file
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(cached)  # atomic, so that concurrent bakes never read half a file
+    except OSError:
+        partial.unlink(missing_ok=True)  # a read-only or full cache only costs a download next time
     return data
 
 
