@@ -8,7 +8,7 @@ that nothing comes from the run-cache) and times `dvc queue start -j 1`. Prints 
 times and the speed-up.
 
     python bench/sweep.py                # 4 experiments per side, on the tiny config
-    python bench/sweep.py --quick        # 2 per side: checks that it runs (CI)
+    python bench/sweep.py --quick        # 1 per side: checks that it runs (CI)
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
         help="2 experiments per side: checks that it runs",
     )
     args = parser.parse_args()
-    count = 2 if args.quick else args.experiments
+    count = 1 if args.quick else args.experiments
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as scratch:
         env = tool_env()
