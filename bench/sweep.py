@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2 experiments per side: checks that it runs",
+        help="1 experiment per side: checks that it runs",
     )
     args = parser.parse_args()
     count = 1 if args.quick else args.experiments
