@@ -87,7 +87,7 @@ def test_override_of_params_alone_is_not_stale(config, workdir: Path) -> None:
     ("key", "value"),
     [
         ("epochs", "abc"),
-        ("lr", "fast"),
+        ("lr", "abc"),
         ("batch_size", 2.5),
         ("seed", True),
         ("patch_size", 48),
@@ -107,7 +107,8 @@ def test_wrong_type_names_the_key(config, user_error, workdir: Path, key: str, v
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("epochs", 0), ("batch_size", 0), ("patch_voxels", 0), ("lr", 0.0), ("lr", -1.0)]
+    ("key", "value"),
+    [("epochs", 0), ("epochs", -1), ("batch_size", 0), ("patch_voxels", 0), ("lr", 0.0), ("lr", -1.0)],
 )
 def test_out_of_range_value_names_the_key(config, user_error, workdir: Path, key: str, value: object) -> None:
     set_param(workdir, key, value)

@@ -111,3 +111,40 @@ def test_a_truncated_file_is_named(package_module, user_error, tmp_path: Path) -
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(user_error, match=r"imagesTr/case_2.nii.gz"):
         run_fingerprint(package_module, tmp_path)
+
+
+def replace_label(
+    root: Path, name: str, values: np.ndarray | None = None, affine: np.ndarray | None = None
+) -> None:
+    """Rewrite one case's label with other voxels or another affine."""
+    path = root / "labelsTr" / name
+    label = nib.load(path)
+    values = np.asarray(label.dataobj) if values is None else values
+    nib.save(nib.Nifti1Image(values, label.affine if affine is None else affine), path)
+
+
+def test_a_label_on_another_grid_than_its_image_is_named(package_module, user_error, tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    replace_label(tmp_path, "case_1.nii.gz", values=np.zeros((12, 10, 5), np.uint8))
+    with pytest.raises(user_error, match=r"labelsTr/case_1.nii.gz has shape \(12, 10, 5\), but its image"):
+        run_fingerprint(package_module, tmp_path)
+
+
+def test_a_label_elsewhere_in_space_than_its_image_is_named(
+    package_module, user_error, tmp_path: Path
+) -> None:
+    write_dataset(tmp_path)
+    shifted = nib.load(tmp_path / "labelsTr" / "case_0.nii.gz").affine.copy()
+    shifted[0, 3] += SPACING[0]  # one voxel along x
+    replace_label(tmp_path, "case_0.nii.gz", affine=shifted)
+    with pytest.raises(user_error, match=r"labelsTr/case_0.nii.gz lies elsewhere in space .*affines differ"):
+        run_fingerprint(package_module, tmp_path)
+
+
+def test_a_negative_label_is_named(package_module, user_error, tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    values = np.asarray(nib.load(tmp_path / "labelsTr" / "case_2.nii.gz").dataobj).astype(np.int16)
+    values[0, 0, 0] = -1
+    replace_label(tmp_path, "case_2.nii.gz", values=values)
+    with pytest.raises(user_error, match=r"labelsTr/case_2.nii.gz contains label -1"):
+        run_fingerprint(package_module, tmp_path)

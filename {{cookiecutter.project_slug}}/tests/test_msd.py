@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -96,6 +97,15 @@ def test_listed_file_that_does_not_exist_is_named(msd, user_error, tmp_path: Pat
     with pytest.raises(user_error) as raised:
         msd.read_msd(root)
     assert str(missing.resolve()) in str(raised.value)
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_a_missing_or_empty_data_folder_is_named(msd, user_error, tmp_path: Path, folder: str) -> None:
+    root = tmp_path / "raw"
+    if folder == "empty":
+        root.mkdir()
+    with pytest.raises(user_error, match=rf"{re.escape(str(root))}.*dvc add data/raw"):
+        msd.read_msd(root)
 
 
 def test_empty_training_list_is_refused(msd, user_error, tmp_path: Path) -> None:

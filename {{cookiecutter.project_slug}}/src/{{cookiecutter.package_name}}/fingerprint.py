@@ -19,6 +19,9 @@ from .msd import MsdDataset
 # Foreground voxels sampled per case for the intensity statistics (nnU-Net samples 10,000).
 SAMPLES_PER_CASE = 10_000
 PERCENTILES = {"p00_5": 0.5, "p50": 50.0, "p99_5": 99.5}
+# How far (mm) an image's and its label's voxel-to-world affines may differ: float32 headers
+# round, a misplaced label is off by a voxel or more.
+AFFINE_TOLERANCE_MM = 1e-3
 
 
 def read_case(path: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -42,7 +45,7 @@ def in_world_axes(values: tuple[float, ...], affine: np.ndarray) -> list[float]:
 def fingerprint_case(case: dict[str, str], dataset: MsdDataset, seed: int) -> dict:
     """One case's grid, sampled foreground intensities per channel and class voxel counts."""
     image, voxels = read_case(case["image"])
-    _, labels = read_case(case["label"])
+    label_image, labels = read_case(case["label"])
     voxels, labels = voxels.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
     num_classes, in_channels = dataset.num_classes, dataset.in_channels
     voxels = voxels[..., None] if voxels.ndim == 3 else voxels  # channels last, as MSD stores them
@@ -56,9 +59,16 @@ def fingerprint_case(case: dict[str, str], dataset: MsdDataset, seed: int) -> di
             f"{case['label']} has shape {labels.shape}, but its image {case['image']} has "
             f"{voxels.shape[:3]}; image and label must cover the same grid."
         )
-    if labels.min() < 0 or labels.max() >= num_classes:
+    if not np.allclose(image.affine, label_image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         raise UserError(
-            f"{case['label']} contains label {int(labels.max())}, but dataset.json names only "
+            f"{case['label']} lies elsewhere in space than its image {case['image']}: their "
+            f"affines differ (label {label_image.affine.round(3).tolist()}, image "
+            f"{image.affine.round(3).tolist()}); image and label must cover the same grid."
+        )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        outside = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise UserError(
+            f"{case['label']} contains label {outside}, but dataset.json names only "
             f"{num_classes} classes (0..{num_classes - 1}); add it to `labels` or fix the file."
         )
     foreground = voxels[labels > 0]  # (voxels, channels)

@@ -39,6 +39,11 @@ class MsdDataset:
 def read_msd(root: Path) -> MsdDataset:
     """Read ``root/dataset.json`` and check that every case it lists exists."""
     path = root / "dataset.json"
+    if not root.is_dir():
+        raise UserError(
+            f"The data folder {root} does not exist. Put an MSD dataset there (dataset.json, "
+            "imagesTr/, labelsTr/) and run `dvc add data/raw`, or `dvc pull` it from the remote."
+        )
     if not path.is_file():
         raise UserError(
             f"{path} is missing. An MSD dataset needs dataset.json with `labels` and "
