@@ -39,8 +39,9 @@ CONTRACT_TAGS = (
 )
 # Loads the champion the way a user would, with nothing of the test process's state.
 LOAD_AND_PREDICT = """
-import importlib, json, sys
+import importlib, json, os, sys
 import mlflow, mlflow.pytorch, torch
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # as `predict` loads: no pickle
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 mlflow.set_tracking_uri(args["tracking_uri"])
@@ -48,7 +49,7 @@ model = mlflow.pytorch.load_model(args["model_uri"])  # a torch.export program, 
 predict = importlib.import_module(args["package"] + ".engine").predict
 acceleration = importlib.import_module(args["package"] + ".acceleration").Acceleration
 plain = acceleration.for_inference(torch.device("cpu"))
-image = torch.load(args["image"])
+image = torch.load(args["image"], weights_only=True)
 torch.save(predict(model, image, args["patch_size"], args["overlap"], plain), args["logits"])
 """
 
@@ -154,7 +155,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
         "logits": str(tmp_path / "logits.pt"),
     }
     run([sys.executable, "-c", LOAD_AND_PREDICT, json.dumps(arguments)], workspace)
-    served = torch.load(tmp_path / "logits.pt")
+    served = torch.load(tmp_path / "logits.pt", weights_only=True)
 
     dataset = package_module("msd").read_msd(processed)
     model = package_module("models").build_model(params.model, dataset.in_channels, dataset.num_classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ def load_model(reference: str | None, workdir: Path) -> LoadedModel:
     """A checkpoint path, an MLflow run id, or a models:/ URI (default: the champion)."""
     if reference and Path(reference).is_file():
         return _from_checkpoint(Path(reference))
+    # MLflow unpickles a pickle-format model by default, which runs whatever code its author put
+    # in it. The train stage logs pt2 models, which MLflow checks to hold no pickle before it
+    # loads them; a pickled model loads only if the user sets this variable to true.
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     mlflow.set_tracking_uri(tracking_uri(repo_root()))
     if reference is None:
         reference = f"models:/{_experiment_name(workdir)}@{CHAMPION}"
