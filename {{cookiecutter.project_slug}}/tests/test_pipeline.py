@@ -151,3 +151,13 @@ def test_a_stage_that_fails_marks_its_run_failed_with_the_traceback(workspace: P
     (failed,) = client.search_runs([experiment], "attributes.status = 'FAILED'")
     trace = client.download_artifacts(failed.info.run_id, "logs/traceback.txt", str(workspace / ".."))
     assert "no_such_metric" in Path(trace).read_text()
+
+
+@pytest.mark.slow
+def test_an_unknown_key_is_refused_with_the_plus_syntax(workspace: Path, run: Run) -> None:
+    params = (workspace / "params.yaml").read_text()
+    result = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "no_such_key=1"], workspace, check=False)
+    assert result.returncode != 0
+    assert "Could not override 'no_such_key'" in result.stderr
+    assert "To append to your config use +no_such_key=1" in result.stderr
+    assert (workspace / "params.yaml").read_text() == params
