@@ -66,13 +66,18 @@ class Experiments:
         return matches[0]
 
 
-def readme_quick_start(project: Path) -> list[str]:
-    """The commands of the baked README's "Start here" block, comments stripped, in order."""
-    section = (project / "README.md").read_text().split("## Start here", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
-    assert block, "the README has no bash block under 'Start here'"
+def readme_block(project: Path, heading: str) -> list[str]:
+    """The commands of the first bash block under ``heading`` in the baked README, comments
+    stripped, in order."""
+    section = (project / "README.md").read_text().split(f"## {heading}\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    assert block, f"the README has no bash block under {heading!r}"
     lines = (line.split("#")[0].strip() for line in block.group(1).splitlines())
     return [line for line in lines if line]
+
+
+def readme_quick_start(project: Path) -> list[str]:
+    return readme_block(project, "Start here")
 
 
 def free_port() -> int:
@@ -396,3 +401,36 @@ def test_stale_params_yaml_is_refused(
     assert len(client.search_runs([experiment_id], max_results=1000)) == len(runs), (
         "a stale run was logged"
     )
+
+
+def test_readme_promote_block_gives_a_branch_that_verifies(
+    experiments: Experiments,
+) -> None:
+    """ "Promote a result" as written: the best experiment becomes a branch; its evaluate run
+    verifies there, on a commit that descends from the one it recorded."""
+    project, env = experiments.project, experiments.env
+    show, branch = readme_block(project, "Promote a result")
+    assert show == (
+        "dvc exp show --sort-by metrics/evaluate.json:dice_mean --sort-order desc"
+    )
+    shown = run(["bash", "-c", show], cwd=project, env=env).stdout
+    best = max(
+        experiments.shown,
+        key=lambda name: metrics_of(experiments.shown[name], EVALUATE_METRICS)[
+            "dice_mean"
+        ],
+    )
+    assert shown.index(best) < min(
+        shown.index(name) for name in experiments.shown if name != best
+    )
+    command = branch.replace("<experiment>", best).replace("<branch>", "promoted")
+    run(["bash", "-c", command], cwd=project, env=env)
+    evaluate_id = run_ids(experiments.shown[best])[1]
+    try:
+        run(["git", "checkout", "--quiet", "promoted"], cwd=project, env=env)
+        run(["dvc", "checkout", "--force"], cwd=project, env=env)
+        verified = run([DEFAULT_SLUG, "verify", evaluate_id], cwd=project, env=env)
+    finally:
+        run(["git", "checkout", "--quiet", "-"], cwd=project, env=env)
+        run(["dvc", "checkout", "--force"], cwd=project, env=env)
+    assert "descendant of" in verified.stdout and "MISMATCH" not in verified.stdout
