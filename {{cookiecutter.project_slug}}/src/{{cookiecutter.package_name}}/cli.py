@@ -45,6 +45,26 @@ def main(argv: list[str] | None = None) -> None:
         "--tolerance", type=float, help="allowed |difference| per metric (default: 0 on CPU, 0.01 on GPU)"
     )
     commands.add_parser("sync", help="tag MLflow runs with the commit DVC made for their experiment")
+    server = commands.add_parser(
+        "server",
+        help="start the lab's MLflow server: runs in PostgreSQL, artifacts in S3 (README, Team setup)",
+    )
+    server.add_argument(
+        "--backend-store-uri",
+        help="postgresql://<user>@<host>/<database> (default: $MLFLOW_BACKEND_STORE_URI)",
+    )
+    server.add_argument(
+        "--artifacts-destination", help="s3://<bucket>/<prefix> (default: $MLFLOW_ARTIFACTS_DESTINATION)"
+    )
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens it to the network, without login",
+    )
+    server.add_argument("--port", type=int, default=5000, help="port to listen on")
+    server.add_argument(
+        "mlflow_args", nargs="*", metavar="-- MLFLOW_OPTION", help="more `mlflow server` options"
+    )
     commands.add_parser(
         "doctor", help="check this machine before a first run (versions, GPU, git, DVC, MLflow, disk)"
     )
@@ -76,7 +96,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
     from .config import load_params, repo_root
 
     workdir = Path.cwd()
-    if args.command in ("verify", "reproduce", "sync", "predict", "search", "doctor"):
+    if args.command in ("verify", "reproduce", "sync", "predict", "search", "doctor", "server"):
         command = importlib.import_module(f".{args.command}", __package__)
     if args.command == "verify":
         return command.verify(args.run_id, workdir)
@@ -85,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> bool:
         return command.reproduce(run_id, repo_root(), args.tolerance)
     if args.command == "doctor":
         return command.doctor(repo_root())
+    if args.command == "server":
+        command.serve(
+            args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.mlflow_args
+        )
     if args.command == "sync":
         command.sync(repo_root())
         return True
@@ -105,6 +129,9 @@ def _dispatch(args: argparse.Namespace) -> bool:
     params = load_params(workdir)
     if args.command == "check-params":
         return True
+    if args.command in ("train", "evaluate"):
+        # A tracking server that does not answer stops the stage before it loads anything.
+        importlib.import_module(".tracking", __package__).check_server(repo_root())
     # Imported only when chosen: each stage pulls in only what it needs (torch, MONAI, MLflow).
     stage = importlib.import_module(f".stages.{args.command}", __package__)
     stage.run(params, workdir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from . import provenance
+from . import provenance, reachability
 from .config import repo_root, resolved_params
 from .datasets import log_dvc_inputs
 from .errors import UserError
@@ -56,6 +57,7 @@ def connect(experiment_name: str, root: Path) -> str:
     put runs in "Default". A lock file beside the database serialises the first contact.
     """
     uri = tracking_uri(root)
+    reachability.check(uri)
     mlflow.set_tracking_uri(uri)
     try:
         with store_lock(uri):
@@ -65,6 +67,11 @@ def connect(experiment_name: str, root: Path) -> str:
             f"Cannot use the MLflow store {uri}: {error.message}. Start the server or fix "
             "MLFLOW_TRACKING_URI (unset it to log to the repo's mlflow.db)."
         ) from error
+
+
+def check_server(root: Path) -> None:
+    """Stop with the URI and the fix when the tracking server does not answer (reachability)."""
+    reachability.check(tracking_uri(root))
 
 
 @contextmanager
@@ -132,19 +139,22 @@ def start_run(
     """Start a run for ``stage`` carrying params, provenance tags, config and package list.
 
     ``resolved`` holds what `auto` settings became (e.g. ``resolved.pixdim``), logged as params.
+    The run ends FINISHED when the body returns, FAILED on an exception (its traceback kept as
+    ``logs/traceback.txt``) and KILLED on SIGTERM/SIGINT; the console log is kept as
+    ``logs/console.log`` in each case. Losing the server mid-run is a UserError (reachability).
     """
-    experiment_id = connect(params.tracking.experiment_name, repo_root())
+    global _extra_sinks
+    root = repo_root()
+    experiment_id = connect(params.tracking.experiment_name, root)
     tags = {"stage": stage, **provenance_tags(params, workdir, data_paths)}
     if parent_run_id:
         # A tag rather than start_run(parent_run_id=...): the parent has already finished.
         tags["mlflow.parentRunId"] = parent_run_id
     run_name = f"{os.environ.get('DVC_EXP_NAME', 'workspace')}-{stage}"
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name,
-        tags=tags,
-        log_system_metrics=True,
-    ) as run:
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, log_system_metrics=True)
+    console = _capture_console()
+    status: str | None = "FAILED"
+    try:
         plain = resolved_params(params)
         flat = pd.json_normalize(plain, sep=".").iloc[0].to_dict()
         logged = {key: str(value) for key, value in flat.items()} | (resolved or {})
@@ -153,21 +163,36 @@ def start_run(
         mlflow.log_text(provenance.package_list(), "environment/requirements.txt")
         log_dvc_inputs(tags, workdir, context=stage)
         mlflow.set_tag("mlflow.note.content", _description(tags, run.info.run_id))
-        global _extra_sinks
         _extra_sinks = Sinks(list(params.tracking.sinks), run_name, run.info.run_id, logged, tags)
-        console = _capture_console()
-        try:
-            yield run
-        except Exception:
-            # mlflow.start_run marks the run FAILED on the way out; the traceback says why.
-            mlflow.log_text(traceback.format_exc(), "logs/traceback.txt")
-            raise
-        finally:
+        yield run
+        status = "FINISHED"
+    except Exception as error:
+        lost = reachability.server_lost(tracking_uri(root), stage, run.info.run_id, error)
+        if lost is not None:
+            status = None  # nothing more reaches the server; see _end
+            raise lost from error
+        mlflow.log_text(traceback.format_exc(), "logs/traceback.txt")
+        raise
+    except BaseException:  # Interrupted (SIGTERM, SIGINT) or KeyboardInterrupt
+        status = "KILLED"
+        raise
+    finally:
+        if _extra_sinks is not None:
             _extra_sinks.close()
             _extra_sinks = None
-            logging.getLogger().removeHandler(console)
-            # By run id: a stopped train run has already been ended (KILLED) by the stage.
-            mlflow.MlflowClient().log_text(run.info.run_id, console.stream.getvalue(), "logs/console.log")
+        logging.getLogger().removeHandler(console)
+        _end(run.info.run_id, status, console.stream.getvalue())
+
+
+def _end(run_id: str, status: str | None, console_log: str) -> None:
+    """Keep the console log and end the run; ``status`` None: the server is gone, one quick try."""
+    if status is None:
+        with reachability.fail_fast(), contextlib.suppress(Exception):
+            mlflow.end_run("FAILED")  # succeeds only if the server is already back
+        return
+    # By run id, and a no-op end_run: a stopped train run may have been ended (KILLED) by its stage.
+    mlflow.MlflowClient().log_text(run_id, console_log, "logs/console.log")
+    mlflow.end_run(status)
 
 
 def _capture_console() -> logging.StreamHandler:
