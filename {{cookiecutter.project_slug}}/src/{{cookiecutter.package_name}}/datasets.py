@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 
 from . import provenance
 
@@ -56,6 +57,16 @@ def log_dvc_inputs(tags: dict[str, str], workdir: Path, context: str) -> None:
     for tag, path, md5 in provenance.recorded_inputs(tags):
         name = tag.removeprefix("data.").removesuffix(".md5")
         dataset = MetaDataset(DvcDatasetSource(path, remote, repository), name=name, digest=md5)
+        _log_input(dataset, context)
+
+
+def _log_input(dataset: MetaDataset, context: str) -> None:
+    """``mlflow.log_input``, tried twice: MLflow's SQL store looks a dataset up, then inserts it,
+    so two queued runs logging the same data at once can both miss it, and the later insert
+    breaks the table's unique key. Tried again, the lookup finds the row the other run made."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException:
         mlflow.log_input(dataset, context=context)
 
 

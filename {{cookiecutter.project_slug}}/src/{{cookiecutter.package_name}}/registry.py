@@ -96,7 +96,11 @@ def _new_version(
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        client.create_registered_model(name)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as race:  # a parallel evaluation created it meanwhile
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     return client.create_model_version(
         name, f"models:/{model.model_id}", run_id=model.source_run_id, tags=tags, model_id=model.model_id
     )

@@ -43,8 +43,7 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
         raise UserError(f"Run {run_id} has stage {stage!r}; only train and evaluate runs can be reproduced.")
     if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
         tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
-    exp_commit = provenance.experiment_commit(root, tags.get("dvc.exp_name"), tags.get("dvc.baseline_rev"))
-    commit = exp_commit or tags["git.commit"]
+    commit = _source_commit(root, tags)
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
         checkout = Path(scratch) / "worktree"
         provenance.git(root, "worktree", "add", "--detach", str(checkout), commit)
@@ -81,6 +80,23 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
         if key.startswith(MLFLOW_PREFIX[stage]) and key.removeprefix(MLFLOW_PREFIX[stage]) in reproduced
     }
     return _print_table(recorded, reproduced, tolerance, reproduced.get("mlflow_run_id"))
+
+
+def _source_commit(root: Path, tags: dict[str, str]) -> str:
+    """The commit holding the run's code and its stages' dvc.lock entries.
+
+    That is the experiment's commit when this clone has its ref. A colleague's clone usually
+    has instead the commit that kept the results (`dvc exp apply` + `git commit`): HEAD, when it
+    descends from the run's git.commit with the same sources. Else git.commit itself.
+    """
+    exp_commit = provenance.experiment_commit(root, tags.get("dvc.exp_name"), tags.get("dvc.baseline_rev"))
+    if exp_commit:
+        return exp_commit
+    recorded, head = tags["git.commit"], provenance.git_commit(root)
+    if head != recorded and provenance.is_ancestor(root, recorded, head):
+        if not provenance.git(root, "diff", "--name-only", recorded, head, "--", "src", "dvc.yaml"):
+            return head
+    return recorded
 
 
 def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: Path) -> None:
