@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   # The baked project's own dependencies, taken from a throwaway bake of its pyproject.toml.
   scratch="$(mktemp -d)"
   "$VENV/bin/cookiecutter" --no-input --output-dir "$scratch" "$TEMPLATE_DIR" data_remote=s3
-  "$VENV/bin/pip" install --quiet "$scratch/organ-segmentation[dev]"
+  "$VENV/bin/pip" install --quiet "$scratch/organ-segmentation[dev,team]"
   "$VENV/bin/pip" uninstall --quiet --yes organ-segmentation
   rm -rf "$scratch"
   touch "$VENV/.complete"
@@ -28,3 +28,13 @@ export PATH="$VENV/bin:$PATH"
 if ! command -v chromium >/dev/null; then
   apt-get install -y --quiet chromium || { apt-get update --quiet && apt-get install -y --quiet chromium; }
 fi
+# The team-setup tests (tests/test_team.py) start PostgreSQL, an S3-protocol server (moto) and
+# the project's MLflow server on 127.0.0.1. Checked one by one, so that an older .venv gets them.
+# aiobotocore is named so that pip keeps the botocore that dvc-s3 pins when it adds boto3.
+if ! "$VENV/bin/python" -c "import moto.server, boto3, psycopg" 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet "moto[server]" boto3 "psycopg[binary]" aiobotocore
+fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  apt-get install -y --quiet postgresql || { apt-get update --quiet && apt-get install -y --quiet postgresql; }
+fi
+export TEMPLATE_TESTS_REQUIRE_SERVERS=1  # here a missing server fails those tests instead of skipping
