@@ -178,17 +178,20 @@ def team(bake, postgres: Postgres, s3_store: S3Store, tmp_path_factory) -> Team:
         "mlflow server", command, server_env, alice, port, folder / "mlflow-server.log"
     )
     server.start(ready_path="/health")
-
-    team = Team(alice, origin, server, s3_store, {}, "")
-    team.env = team.member_env(alice)
-    for name, lr in (("alice-base", []), ("alice-lr", ["-S", "lr=0.001"])):
-        dvc(alice, "exp", "run", "--queue", "--name", name, *TINY, *lr, env=team.env)
-    dvc(alice, "queue", "start", "-j", "2", env=team.env)
-    wait_for_queue(alice, team.env, 2)
-    experiment = team.api("experiments/get-by-name", experiment_name=DEFAULT_SLUG)
-    team.experiment_id = experiment["experiment"]["experiment_id"]
-    yield team
-    server.stop()
+    try:
+        team = Team(alice, origin, server, s3_store, {}, "")
+        team.env = team.member_env(alice)
+        for name, lr in (("alice-base", []), ("alice-lr", ["-S", "lr=0.001"])):
+            dvc(
+                alice, "exp", "run", "--queue", "--name", name, *TINY, *lr, env=team.env
+            )
+        dvc(alice, "queue", "start", "-j", "2", env=team.env)
+        wait_for_queue(alice, team.env, 2)
+        experiment = team.api("experiments/get-by-name", experiment_name=DEFAULT_SLUG)
+        team.experiment_id = experiment["experiment"]["experiment_id"]
+        yield team
+    finally:
+        server.stop()
 
 
 def test_queued_experiments_leave_only_finished_runs(team: Team) -> None:
