@@ -22,18 +22,18 @@ def test_the_server_listens_on_loopback_and_keeps_store_uris_off_its_command_lin
     monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
     backend = "sqlite:///lab.db"
     command, env = server.server_command(
-        backend, "s3://lab/mlflow", "127.0.0.1", 5123, ["--", "--workers", "2"]
+        backend, "file:///srv/mlflow-artifacts", "127.0.0.1", 5123, ["--", "--workers", "2"]
     )
     assert command[-7:] == ["server", "--host", "127.0.0.1", "--port", "5123", "--workers", "2"]
     assert backend not in command and env["MLFLOW_BACKEND_STORE_URI"] == backend
-    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://lab/mlflow"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "file:///srv/mlflow-artifacts"
 
 
 def test_the_server_needs_both_stores(server, user_error, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ARTIFACTS_DESTINATION", raising=False)
     with pytest.raises(user_error, match="--backend-store-uri postgresql://"):
-        server.server_command(None, "s3://lab/mlflow", "127.0.0.1", 5000, [])
+        server.server_command(None, "file:///srv/mlflow-artifacts", "127.0.0.1", 5000, [])
     with pytest.raises(user_error, match="--artifacts-destination s3://"):
         server.server_command("sqlite:///lab.db", None, "127.0.0.1", 5000, [])
 
