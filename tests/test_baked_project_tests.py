@@ -17,9 +17,21 @@ def project(bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_baked_test_suite_passes(project: Path) -> None:
+    # The baked suite runs its own pipelines (DDP, resume, search, registry, ...): minutes.
     result = run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--durations=10",
+        ],
+        cwd=project,
+        timeout=1800,
     )
+    print(result.stdout[-3000:])
     summary = result.stdout.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 1, f"no test passed: {summary}"
