@@ -14,8 +14,11 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable) -> Path:
-    return copy_project(tmp_path_factory.mktemp("doctor"))
+def project(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable, run: Callable) -> Path:
+    """A copy with no default DVC remote: reaching a real bucket is not this test's business."""
+    copy = copy_project(tmp_path_factory.mktemp("doctor"))
+    run([sys.executable, "-m", "dvc", "remote", "default", "--unset"], copy, check=False)
+    return copy
 
 
 def doctor(project: Path, **env: str) -> subprocess.CompletedProcess:
