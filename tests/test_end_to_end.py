@@ -404,7 +404,7 @@ def test_stale_params_yaml_is_refused(
 
 
 def test_readme_promote_block_gives_a_branch_that_verifies(
-    experiments: Experiments,
+    experiments: Experiments, tmp_path: Path
 ) -> None:
     """ "Promote a result" as written: the best experiment becomes a branch; its evaluate run
     verifies there, on a commit that descends from the one it recorded."""
@@ -426,11 +426,24 @@ def test_readme_promote_block_gives_a_branch_that_verifies(
     command = branch.replace("<experiment>", best).replace("<branch>", "promoted")
     run(["bash", "-c", command], cwd=project, env=env)
     evaluate_id = run_ids(experiments.shown[best])[1]
-    try:
-        run(["git", "checkout", "--quiet", "promoted"], cwd=project, env=env)
-        run(["dvc", "checkout", "--force"], cwd=project, env=env)
-        verified = run([DEFAULT_SLUG, "verify", evaluate_id], cwd=project, env=env)
-    finally:
-        run(["git", "checkout", "--quiet", "-"], cwd=project, env=env)
-        run(["dvc", "checkout", "--force"], cwd=project, env=env)
+    # A colleague's clone of the branch, sharing this machine's DVC cache and MLflow store.
+    colleague = tmp_path / "colleague"
+    run(
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--branch",
+            "promoted",
+            str(project),
+            str(colleague),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    cache = str(project / ".dvc" / "cache")
+    run(["dvc", "cache", "dir", "--local", cache], cwd=colleague, env=env)
+    run(["dvc", "checkout"], cwd=colleague, env=env)
+    shared = {**env, "MLFLOW_TRACKING_URI": experiments.tracking_uri}
+    verified = run([DEFAULT_SLUG, "verify", evaluate_id], cwd=colleague, env=shared)
     assert "descendant of" in verified.stdout and "MISMATCH" not in verified.stdout
