@@ -190,7 +190,6 @@ def _end(run_id: str, status: str | None, console_log: str) -> None:
         with reachability.fail_fast(), contextlib.suppress(Exception):
             mlflow.end_run("FAILED")  # succeeds only if the server is already back
         return
-    # By run id, and a no-op end_run: a stopped train run may have been ended (KILLED) by its stage.
     mlflow.MlflowClient().log_text(run_id, console_log, "logs/console.log")
     mlflow.end_run(status)
 

@@ -131,8 +131,7 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
                         workdir / RESUME_CHECKPOINT,
                         snapshot | {"best": best, "run_id": run.info.run_id, "inputs_sha256": inputs_sha256},
                     )
-                mlflow.end_run("KILLED")
-            raise
+            raise  # tracking.start_run ends the run KILLED
         if not ranks.is_main:
             return
         seconds = time.perf_counter() - started
