@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cookiecutter.main import cookiecutter
+
+# The loopback servers (PostgreSQL, S3), defined here so that every module shares one of each.
+from servers import postgres, s3_store  # noqa: F401
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 TEMPLATE_PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
@@ -225,3 +230,33 @@ def params_of(data: dict) -> dict:
 
 def metrics_of(data: dict, path: str) -> dict:
     return data["metrics"][path]["data"]
+
+
+def wait_for_queue(project: Path, env: dict[str, str], count: int) -> str:
+    """Wait until DVC's queue has nothing queued or running (as `make sweep` does); check
+    that ``count`` experiments succeeded. Returns `dvc queue status`."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], cwd=project, env=env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert status.count("Success") == count, status
+    return status
+
+
+def commands_of(block: str) -> list[str]:
+    """A bash block's commands in order: comments stripped, continued lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    lines = (re.sub(r"(^|\s)#.*", "", line).strip() for line in joined.splitlines())
+    return [line for line in lines if line]
+
+
+def readme_blocks(project: Path) -> list[tuple[str, list[str]]]:
+    """Every bash block of the baked README, in order: (its section's heading, its commands)."""
+    blocks = []
+    for section in re.split(r"(?m)^## ", (project / "README.md").read_text())[1:]:
+        heading, body = section.split("\n", 1)
+        for block in re.findall(r"```bash\n(.*?)```", body, re.DOTALL):
+            blocks.append((heading.strip(), commands_of(block)))
+    return blocks

@@ -1,4 +1,5 @@
-"""A baked project passes the checks of its own CI workflow: its test suite and its linter."""
+"""A baked project passes the checks of its own CI workflow: its test suite, run with the
+command its README gives, and its linter."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import readme_blocks, run
 
 
 @pytest.fixture(scope="module")
@@ -16,22 +17,24 @@ def project(bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_baked_test_suite_passes(project: Path) -> None:
+def test_baked_test_suite_passes(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The baked suite runs its own pipelines (DDP, resume, search, registry, ...): minutes.
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--durations=10",
-        ],
-        cwd=project,
-        timeout=1800,
-    )
-    print(result.stdout[-3000:])
+    tests_block = dict(readme_blocks(project))["Tests and layout"]
+    assert tests_block[0] == "python -m pytest", tests_block
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--durations=10",
+    ]
+    result = run(command, cwd=project, timeout=1800)
+    with capsys.disabled():  # the slowest baked tests, in CI's log
+        print("\n" + result.stdout[result.stdout.rfind("slowest") - 20 :])
     summary = result.stdout.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 1, f"no test passed: {summary}"

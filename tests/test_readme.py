@@ -29,6 +29,9 @@ NOISE = (
     "No file hash info found",
     "DeprecationWarning",
 )
+PROMISED_DICE = (
+    0.90  # the template's promise for the default synthetic experiment (lr 0.002)
+)
 
 
 def readme_commands() -> list[str]:
@@ -118,6 +121,10 @@ def test_demo_runs_both_experiments_from_a_fresh_clone(
             r"[0-9a-f]{32}", cells["metrics/train.json:mlflow_run_id"]
         ), row
     assert set(by_lr) == {0.002, 1e-4}, rows
+    dice = float(by_lr[0.002]["dice_mean"])
+    assert dice >= PROMISED_DICE, (
+        f"the default experiment's test dice_mean {dice} < {PROMISED_DICE}"
+    )
     assert (clone / "demo" / "organ-segmentation" / ".git").is_dir()
     noisy = [
         line for line in output.splitlines() if any(noise in line for noise in NOISE)

@@ -21,8 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, TINY, git, project_env, run
-from servers import Postgres, S3Store, Service, free_port, postgres, s3_store  # noqa: F401
+from conftest import (
+    DEFAULT_PACKAGE,
+    DEFAULT_SLUG,
+    TINY,
+    git,
+    project_env,
+    run,
+    wait_for_queue,
+)
+from servers import Postgres, S3Store, Service, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -127,19 +135,8 @@ def file_md5s(project: Path, folders: tuple[str, ...]) -> dict[str, str]:
     }
 
 
-def wait_for_queue(project: Path, env: dict[str, str], count: int) -> str:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status", env=env).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(3)
-    assert status.count("Success") == count, status
-    return status
-
-
 @pytest.fixture(scope="module")
-def team(bake, postgres: Postgres, s3_store: S3Store, tmp_path_factory) -> Team:  # noqa: F811
+def team(bake, postgres: Postgres, s3_store: S3Store, tmp_path_factory) -> Team:
     folder = tmp_path_factory.mktemp("team")
     for bucket in (DVC_BUCKET, ARTIFACT_BUCKET):
         s3_store.create_bucket(bucket)

@@ -4,12 +4,14 @@ it fails those two checks, says how to fix them, and exits non-zero."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pytest
 
 
@@ -64,3 +66,16 @@ def test_no_identity_and_a_server_that_is_down_fail(project: Path, tmp_path: Pat
     (store,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL  mlflow store:")]
     assert f"http://127.0.0.1:{port}" in store and "MLFLOW_TRACKING_URI" in store
     assert "2 failed" in result.stdout
+
+
+def test_an_edited_conf_is_checked_before_the_run_that_recomposes_params(project: Path) -> None:
+    """After an edit of conf/, params.yaml is stale until `dvc exp run`: that is no fault."""
+    config = project / "conf" / "config.yaml"
+    original = config.read_text()
+    config.write_text(re.sub(r"(?m)^(  experiment_name:) \S+", r"\1 doctor-edited", original))
+    try:
+        result = doctor(project, GIT_AUTHOR_NAME="Test", GIT_AUTHOR_EMAIL="test@example.org")
+    finally:
+        config.write_text(original)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_experiment_by_name("doctor-edited")

@@ -130,15 +130,19 @@ def _dvc_remote(root: Path) -> Finding:
 
 def _mlflow_store(root: Path) -> Finding:
     import mlflow
+    from hydra import compose, initialize_config_dir
 
-    from .config import load_params
     from .tracking import connect, tracking_uri
 
     uri = tracking_uri(root)
     # A server that is down answers at once; MLflow's default retries would take minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     # Writing an experiment tag proves the store takes writes, and leaves no run behind.
-    experiment_id = connect(load_params(root).tracking.experiment_name, root)
+    # The experiment the next `dvc exp run` logs to: conf/ as it is now, which params.yaml may
+    # not follow yet (an edited conf/ is normal before a run; the run recomposes it).
+    with initialize_config_dir(str(root / "conf"), version_base=None):
+        experiment_name = compose(config_name="config").tracking.experiment_name
+    experiment_id = connect(experiment_name, root)
     mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, "doctor.checked_at", str(int(time.time())))
     return Finding("PASS", "mlflow store", f"{uri} reachable and writable")
 
