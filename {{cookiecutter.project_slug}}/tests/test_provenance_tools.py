@@ -225,7 +225,7 @@ def test_parallel_queue_on_a_new_store(tmp_path: Path, copy_project, run) -> Non
     workspace = copy_project(tmp_path)
     assert not (workspace / "mlflow.db").exists()
     sets = [arg for override in TINY for arg in ("-S", override)]
-    queue = [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "lr=1e-3,3e-4,1e-4", *sets]
+    queue = [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "lr=1e-3,3e-4", *sets]
     run(queue, workspace)
     run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], workspace)
     deadline = time.monotonic() + 600
@@ -234,11 +234,11 @@ def test_parallel_queue_on_a_new_store(tmp_path: Path, copy_project, run) -> Non
         if not any(word in status for word in ("Queued", "Running")):
             break
         time.sleep(3)
-    assert status.count("Success") == 3, status
+    assert status.count("Success") == 2, status
     client = client_for(workspace)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     project_experiment = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"][
         "experiment_name"
     ]
     assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {project_experiment}
-    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
