@@ -14,6 +14,9 @@ import nibabel as nib
 import numpy as np
 
 Spacing = tuple[float, float, float]
+# Like most abdominal CT: 0.8 mm in-plane, 3-5 mm slices, so that the slice axis is strongly
+# anisotropic and `auto` takes its 10th percentile rather than its median.
+CT_SPACINGS = [(0.8, 0.8, z) for z in (3.0, 3.5, 4.0, 4.0, 4.5, 5.0)]
 
 
 def case_name(index: int) -> str:

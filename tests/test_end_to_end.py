@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -40,7 +37,7 @@ from conftest import (
     wait_for_queue,
 )
 from mlflow.entities import Run
-from msd_datasets import write_ct
+from msd_datasets import CT_SPACINGS, write_ct
 from servers import Service, free_port
 
 pytestmark = pytest.mark.slow
@@ -82,37 +79,23 @@ def readme_quick_start(project: Path) -> list[str]:
     )
 
 
-def check_mlflow_ui(command: str, project: Path, env: dict[str, str]) -> int:
+def check_mlflow_ui(command: str, project: Path, env: dict[str, str], log: Path) -> int:
     """Start the README's `mlflow ui` as written (on a free port, through MLFLOW_PORT) and
     return how many runs its REST API lists for the project's experiment."""
     port = free_port()
-    server = subprocess.Popen(
+    ui = Service(
+        f"`{command}`",
         ["bash", "-c", command],
-        cwd=project,
-        env={**env, "MLFLOW_PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        {**env, "MLFLOW_PORT": str(port)},
+        project,
+        port,
+        log,
+    ).start(ready_path="/health")
+    api = f"{ui.url}/api/2.0/mlflow"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                query = urllib.parse.urlencode({"experiment_name": DEFAULT_SLUG})
-                with urllib.request.urlopen(
-                    f"{api}/experiments/get-by-name?{query}"
-                ) as answer:
-                    experiment_id = json.load(answer)["experiment"]["experiment_id"]
-                break
-            except OSError:
-                assert server.poll() is None, (
-                    f"`{command}` exited with {server.returncode}"
-                )
-                assert time.monotonic() < deadline, (
-                    f"`{command}` did not answer on port {port}"
-                )
-                time.sleep(1)
+        query = urllib.parse.urlencode({"experiment_name": DEFAULT_SLUG})
+        with urllib.request.urlopen(f"{api}/experiments/get-by-name?{query}") as answer:
+            experiment_id = json.load(answer)["experiment"]["experiment_id"]
         request = urllib.request.Request(
             f"{api}/runs/search",
             data=json.dumps(
@@ -123,8 +106,7 @@ def check_mlflow_ui(command: str, project: Path, env: dict[str, str]) -> int:
         with urllib.request.urlopen(request) as answer:
             return len(json.load(answer).get("runs", []))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        ui.stop()
 
 
 def commit_tiny_defaults(project: Path) -> None:
@@ -168,7 +150,8 @@ def experiments(
 
     for command in commands:
         if command.startswith("mlflow ui"):
-            assert check_mlflow_ui(command, project, env) == 4, (
+            log = tmp_path_factory.mktemp("mlflow-ui") / "log"
+            assert check_mlflow_ui(command, project, env, log) == 4, (
                 "the UI lists not 4 runs"
             )
             continue
@@ -412,8 +395,6 @@ WALKTHROUGH = [
     "Team setup",  # the MLflow server
     "Tests and layout",
 ]
-# Like most abdominal CT: 0.8 mm in-plane, 3-5 mm slices.
-CT_SPACINGS = [(0.8, 0.8, z) for z in (3.0, 3.5, 4.0, 4.0, 4.5, 5.0)]
 LAB_BUCKET = "lab-walkthrough"
 
 

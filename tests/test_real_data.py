@@ -22,16 +22,13 @@ import numpy as np
 import pytest
 import yaml
 from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, TINY, exp_show, git, metrics_of, run
-from msd_datasets import case_name, write_ct, write_mri
+from msd_datasets import CT_SPACINGS, case_name, write_ct, write_mri
 
 pytestmark = pytest.mark.slow
 
 # The MRI-like dataset must reach this test mean Dice with only `epochs` raised.
 MRI_EPOCHS = 60
 MRI_PROMISED_DICE = 0.85
-# Like most abdominal CT: 0.8 mm in-plane, 3-5 mm slices, so that the slice axis is strongly
-# anisotropic and `auto` takes its 10th percentile rather than its median.
-CT_SPACINGS = [(0.8, 0.8, z) for z in (3.0, 3.5, 4.0, 4.0, 4.5, 5.0)]
 
 
 def add_raw_data(project: Path) -> None:
