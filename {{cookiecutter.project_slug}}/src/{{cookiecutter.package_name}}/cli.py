@@ -93,7 +93,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
     Each command imports only its own module (by name), so that a stage's process loads no
     tool's code and `--help` loads no torch.
     """
-    from .config import load_params, repo_root
+    from .config import check_buildable, load_params, repo_root
 
     workdir = Path.cwd()
     if args.command in ("verify", "reproduce", "sync", "predict", "search", "doctor", "server"):
@@ -130,6 +130,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
     if args.command == "check-params":
         return True
     if args.command in ("train", "evaluate"):
+        check_buildable(params, workdir)  # every `_target_` resolved and checked before anything is built
         # A tracking server that does not answer stops the stage before it loads anything.
         importlib.import_module(".tracking", __package__).check_server(repo_root())
     # Imported only when chosen: each stage pulls in only what it needs (torch, MONAI, MLflow).

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
+from . import targets
 from .errors import UserError
 
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
 FINGERPRINT_KEY = "conf_sha256"
-# Modules whose objects `_target_` may always name (see _check_targets).
-TRUSTED_MODULES = ("torch", "monai")
+# The train stage's command starts with trainer.launcher (dvc.yaml), so it names code: only
+# python, or torchrun with its own --options, never a shell.
+LAUNCHER = re.compile(r"(python|torchrun( --[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/-]+)?)*)")
 REQUIRED_KEYS = {
     "seed": int,
     "lr": float,
@@ -59,9 +62,17 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     if not isinstance(params, DictConfig):
         raise UserError(f"{path} must be a mapping of keys to values; recompose it with `dvc exp run`.")
     _check_fresh(params, workdir)
+    _check_literal(params, path)
     _check_types(params, path)
-    _check_targets(params, path)
+    _check_code_and_paths(params, path)
+    targets.check_names(OmegaConf.to_container(params), targets.committed_allowed_targets(workdir), path)
     return params
+
+
+def check_buildable(params: DictConfig, workdir: Path) -> None:
+    """Resolve every ``_target_`` and check it against its slot: before a stage builds anything."""
+    allowed = targets.committed_allowed_targets(workdir)
+    targets.check_objects(OmegaConf.to_container(params), allowed, workdir / PARAMS_FILE)
 
 
 def _check_fresh(params: DictConfig, workdir: Path) -> None:
@@ -107,50 +118,58 @@ def _check_types(params: DictConfig, path: Path) -> None:
         )
 
 
-def _check_targets(params: DictConfig, path: Path) -> None:
-    """Refuse a ``_target_`` outside the allowed modules before anything is built.
-
-    Instantiating config runs whatever callable ``_target_`` names (MONAI's docs warn of the
-    same): ``-S model.net._target_=os.system`` would run a shell. Only torch, MONAI, this
-    package and the modules listed in ``allowed_targets`` (conf/config.yaml) may be named.
-    """
-    allowed = {*TRUSTED_MODULES, __package__, *params.get("allowed_targets", [])}
-    for key, target in _targets(OmegaConf.to_container(params, resolve=False)):
-        if not any(str(target) == module or str(target).startswith(f"{module}.") for module in allowed):
+def _check_literal(params: DictConfig, path: Path) -> None:
+    """DVC writes params.yaml resolved; an interpolation in it (``${oc.env:...}``) came from elsewhere
+    and could copy a secret into a logged param."""
+    for key, value in targets.leaves(OmegaConf.to_container(params, resolve=False)):
+        if isinstance(value, str) and "${" in value:
             raise UserError(
-                f"{path}: `{key}={target}` is refused: `_target_` may name only {', '.join(sorted(allowed))} "
-                "objects. If you trust that module, add it to `allowed_targets` in conf/config.yaml."
+                f"{path}: `{key}` holds an interpolation ({value}); params.yaml holds resolved values "
+                "only. Recompose it with `dvc exp run`, and keep interpolations in conf/."
             )
 
 
-def _targets(node: object, prefix: str = "") -> list[tuple[str, object]]:
-    """Every (dotted key, value) of a ``_target_`` in a nested params tree."""
-    if isinstance(node, dict):
-        found = [(f"{prefix}_target_", node["_target_"])] if "_target_" in node else []
-        for key, value in node.items():
-            found += _targets(value, f"{prefix}{key}.")
-        return found
-    if isinstance(node, list):
-        return [found for index, item in enumerate(node) for found in _targets(item, f"{prefix}{index}.")]
-    return []
+def _check_code_and_paths(params: DictConfig, path: Path) -> None:
+    launcher = str(params.trainer.get("launcher", "python"))
+    if not LAUNCHER.fullmatch(launcher):
+        raise UserError(
+            f"{path}: `trainer.launcher={launcher}` is refused: the train stage's command starts "
+            "with it, so it may be only `python` or `torchrun --option=value ...`. "
+            "Choose a trainer with `-S trainer=ddp` or `-S trainer=cpu`."
+        )
+    data_dir = Path(str(params.data.dir))
+    if data_dir.is_absolute() or ".." in data_dir.parts:
+        raise UserError(
+            f"{path}: `data.dir={data_dir}` must be a folder inside the project, relative to it "
+            "(e.g. data/raw); DVC tracks it as a dependency."
+        )
 
 
 def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
     """Build the object that config ``key`` describes (``_target_``; ``_partial_`` is called).
 
+    Every object built from config is built here, after the `_target_` guard (targets.py)
+    has checked each target in the node against its slot, and its result is checked again.
     A wrong class or argument, from conf/ or from `-S`, becomes an error naming the key.
     """
     from hydra.utils import instantiate
 
+    tree: object = OmegaConf.to_container(node)
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    targets.check_objects(tree, targets.committed_allowed_targets(Path.cwd()), f"building `{key}`")
     try:
         if node.get("_partial_", False):
-            return instantiate(node)(*args, **kwargs)
-        return instantiate(node, *args, **kwargs)
+            built = instantiate(node)(*args, **kwargs)
+        else:
+            built = instantiate(node, *args, **kwargs)
     except Exception as error:  # Hydra and the constructors raise many types
         raise UserError(
             f"Could not build `{key}` ({node.get('_target_')}): {error}. "
             f"Fix `{key}` in conf/ or with `dvc exp run -S {key}...=...`."
         ) from error
+    targets.check_built(key, built)
+    return built
 
 
 def resolved_params(params: DictConfig) -> dict:
