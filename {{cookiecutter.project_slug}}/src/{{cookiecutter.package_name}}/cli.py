@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     server.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 opens it to the network, without login",
+        help="address to listen on; 0.0.0.0 opens it to the network, with MLflow's login (README)",
+    )
+    server.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="beyond 127.0.0.1, run without login: anyone who can reach the server can log runs",
     )
     server.add_argument("--port", type=int, default=5000, help="port to listen on")
     server.add_argument(
@@ -106,8 +111,13 @@ def _dispatch(args: argparse.Namespace) -> bool:
     if args.command == "doctor":
         return command.doctor(repo_root())
     if args.command == "server":
-        command.serve(
-            args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.mlflow_args
+        return command.serve(
+            args.backend_store_uri,
+            args.artifacts_destination,
+            args.host,
+            args.port,
+            args.mlflow_args,
+            auth=not args.no_auth,
         )
     if args.command == "sync":
         command.sync(repo_root())

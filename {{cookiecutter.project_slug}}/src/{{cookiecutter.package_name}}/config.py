@@ -62,17 +62,20 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     if not isinstance(params, DictConfig):
         raise UserError(f"{path} must be a mapping of keys to values; recompose it with `dvc exp run`.")
     _check_fresh(params, workdir)
-    _check_literal(params, path)
     _check_types(params, path)
-    _check_code_and_paths(params, path)
+    check_code_and_paths(params, str(path))
     targets.check_names(OmegaConf.to_container(params), targets.committed_allowed_targets(workdir), path)
     return params
 
 
-def check_buildable(params: DictConfig, workdir: Path) -> None:
-    """Resolve every ``_target_`` and check it against its slot: before a stage builds anything."""
+def check_buildable(params: DictConfig, workdir: Path, source: str | None = None) -> None:
+    """Resolve every ``_target_`` and check it against its slot: before a stage builds anything.
+
+    The allow-list's extension is what ``workdir``'s commit holds; ``source`` names the params
+    in messages (default: ``workdir``'s params.yaml).
+    """
     allowed = targets.committed_allowed_targets(workdir)
-    targets.check_objects(OmegaConf.to_container(params), allowed, workdir / PARAMS_FILE)
+    targets.check_objects(OmegaConf.to_container(params), allowed, source or str(workdir / PARAMS_FILE))
 
 
 def _check_fresh(params: DictConfig, workdir: Path) -> None:
@@ -118,26 +121,26 @@ def _check_types(params: DictConfig, path: Path) -> None:
         )
 
 
-def _check_literal(params: DictConfig, path: Path) -> None:
-    """DVC writes params.yaml resolved; an interpolation in it (``${oc.env:...}``) came from elsewhere
-    and could copy a secret into a logged param."""
+def check_code_and_paths(params: DictConfig, path: str) -> None:
+    """The keys besides ``_target_`` that choose code or paths, which data must not choose freely.
+
+    DVC writes params.yaml resolved, so an interpolation in it (``${oc.env:...}``) came from
+    elsewhere and could copy a secret into a logged param.
+    """
     for key, value in targets.leaves(OmegaConf.to_container(params, resolve=False)):
         if isinstance(value, str) and "${" in value:
             raise UserError(
                 f"{path}: `{key}` holds an interpolation ({value}); params.yaml holds resolved values "
                 "only. Recompose it with `dvc exp run`, and keep interpolations in conf/."
             )
-
-
-def _check_code_and_paths(params: DictConfig, path: Path) -> None:
-    launcher = str(params.trainer.get("launcher", "python"))
+    launcher = str(OmegaConf.select(params, "trainer.launcher", default="python"))
     if not LAUNCHER.fullmatch(launcher):
         raise UserError(
             f"{path}: `trainer.launcher={launcher}` is refused: the train stage's command starts "
             "with it, so it may be only `python` or `torchrun --option=value ...`. "
             "Choose a trainer with `-S trainer=ddp` or `-S trainer=cpu`."
         )
-    data_dir = Path(str(params.data.dir))
+    data_dir = Path(str(OmegaConf.select(params, "data.dir", default="")))
     if data_dir.is_absolute() or ".." in data_dir.parts:
         raise UserError(
             f"{path}: `data.dir={data_dir}` must be a folder inside the project, relative to it "

@@ -45,6 +45,7 @@ def doctor(root: Path) -> bool:
         _dvc_repo,
         _dvc_remote,
         _mlflow_store,
+        _mlflow_login,
         _free_disk,
     ]
     findings = []
@@ -145,6 +146,41 @@ def _mlflow_store(root: Path) -> Finding:
     experiment_id = connect(experiment_name, root)
     mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, "doctor.checked_at", str(int(time.time())))
     return Finding("PASS", "mlflow store", f"{uri} reachable and writable")
+
+
+def _mlflow_login(root: Path) -> Finding:
+    """A tracking server that answers without credentials lets anyone write what others reproduce."""
+    import requests
+
+    from .reachability import PROBE_SECONDS, is_server, unreachable_reason
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(root)
+    if not is_server(uri):
+        return Finding("PASS", "mlflow login", "a local store on this machine; no server to log in to")
+    if reason := unreachable_reason(uri):
+        return Finding("WARN", "mlflow login", f"not checked: {uri} does not answer ({reason})")
+    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    # A read without credentials: MLflow's basic-auth app answers 401 to every request without
+    # them, so a 200 means the server takes writes from anyone who can reach it.
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    status = requests.get(probe, timeout=PROBE_SECONDS, verify=verify).status_code
+    if status != 401:
+        return Finding(
+            "WARN",
+            "mlflow login",
+            f"{uri} answers without credentials (HTTP {status}): anyone who can reach it can log runs",
+            "start it with `server --host ...`, which asks for a login (README, Team setup)",
+        )
+    credentials_file = Path.home() / ".mlflow" / "credentials"  # MLflow's own, read by its clients
+    if not (os.environ.get("MLFLOW_TRACKING_PASSWORD") or credentials_file.is_file()):
+        return Finding(
+            "FAIL",
+            "mlflow login",
+            f"{uri} asks for a login, and none is set",
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or use ~/.mlflow/credentials)",
+        )
+    return Finding("PASS", "mlflow login", f"{uri} asks for a login, and one is set")
 
 
 def _free_disk(root: Path) -> Finding:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
 from . import provenance
-from .config import FINGERPRINT_KEY, PARAMS_FILE
+from .config import FINGERPRINT_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
 from .errors import UserError
 from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
 
@@ -32,6 +33,10 @@ STAGE_INPUTS = {"train": ["data/processed"], "evaluate": ["data/processed", "mod
 METRICS_FILES = {"train": "metrics/train.json", "evaluate": "metrics/evaluate.json"}
 # Prefix the evaluate stage puts on test metrics in MLflow (they are bare in its JSON file).
 MLFLOW_PREFIX = {"train": "", "evaluate": "test_"}
+# The shapes of the recorded values that reach git and DVC files: commits, names, paths, md5s.
+COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
@@ -41,6 +46,7 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
     stage = tags.get("stage")
     if stage not in STAGE_INPUTS:
         raise UserError(f"Run {run_id} has stage {stage!r}; only train and evaluate runs can be reproduced.")
+    _check_record(run_id, tags)
     if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
         tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
     commit = _source_commit(root, tags)
@@ -99,14 +105,40 @@ def _source_commit(root: Path, tags: dict[str, str]) -> str:
     return recorded
 
 
+def _check_record(run_id: str, tags: dict[str, str]) -> None:
+    """The tags that reach git commands and DVC files have the shapes DVC and git give them.
+
+    The record on the tracking server is data: anyone who can log a run can write it.
+    """
+    shapes = {"git.commit": COMMIT, "dvc.baseline_rev": COMMIT, "dvc.exp_name": EXPERIMENT_NAME}
+    shapes |= {tag: MD5 for tag in tags if tag.startswith("data.") and tag.endswith(".md5")}
+    for tag, shape in shapes.items():
+        if tag in tags and not shape.fullmatch(tags[tag]):
+            raise UserError(f"Run {run_id}: tag {tag}={tags[tag]!r} is not what git or DVC writes; refused.")
+    for _, path, _ in provenance.recorded_inputs(tags):
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise UserError(f"Run {run_id}: input path {path!r} leaves the project; refused.")
+
+
 def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: Path) -> None:
-    """params.yaml from the run's logged config, fingerprinted against the worktree's conf/."""
+    """params.yaml from the run's logged config, fingerprinted against the worktree's conf/.
+
+    The logged config is data from the tracking server, and a matching params.sha256 proves
+    nothing (it sits on the same server). So before any stage runs, every key that chooses code
+    or paths must pass the guard that the run's own commit applies: its `_target_`s against
+    that commit's committed allowed_targets, its launcher and its data folder.
+    """
     logged = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="config/params.yaml", dst_path=str(scratch)
     )
     params = yaml.safe_load(Path(logged).read_text())
+    if not isinstance(params, dict):
+        raise UserError(f"The params logged with run {run_id} are not a mapping of keys to values.")
     if provenance.params_sha256(params) != recorded_sha256:
         raise UserError(f"The params logged with run {run_id} do not hash to its params.sha256.")
+    source = f"the params logged with run {run_id}"
+    check_code_and_paths(OmegaConf.create(params), source)
+    check_buildable(OmegaConf.create(params), worktree, source)
     params[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
     (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
 
