@@ -12,6 +12,7 @@ import mlflow
 import pytest
 import torch
 import yaml
+from conftest import compose_conf
 
 CONTRACT_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "seed", "dvc.exp_name")
 Run = Callable[..., subprocess.CompletedProcess]
@@ -97,22 +98,54 @@ def test_curves_per_class_and_overlays_from_worst_to_best(workspace: Path) -> No
     assert overlays == expected
 
 
+def _crafted_overrides(slot: str, target: str, marker: Path) -> list[str]:
+    """-S overrides that turn ``slot`` into a call of ``target`` that would leave ``marker``.
+
+    The slot's own keys are removed with `~`, so that the call gets only the crafted arguments.
+    """
+    if target == "monai.utils.run_cmd":
+        arguments = [f"cmd_list=[touch,{marker}]"]
+    elif target == "torch.hub.load":  # runs the hubconf.py of a local folder
+        hub = marker.with_name(f"{marker.name}-hub")
+        hub.mkdir(exist_ok=True)
+        (hub / "hubconf.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+        arguments = [f"repo_or_dir={hub}", "model=net", "source=local"]
+    else:  # torch.utils.cpp_extension.load_inline: compiling writes into the build folder
+        arguments = ["name=crafted", "cpp_sources='int crafted;'", f"build_directory={marker}"]
+    composed = compose_conf()
+    node = composed.model.net if slot == "model.net" else composed[slot]
+    removed = [f"~{slot}.{key}" for key in node if key != "_target_"]
+    sets = [*removed, f"{slot}._target_={target}", *(f"+{slot}.{argument}" for argument in arguments)]
+    return [arg for override in sets for arg in ("-S", override)]
+
+
 @pytest.mark.slow
-def test_a_crafted_target_stops_before_anything_is_built(workspace: Path, run: Run) -> None:
+@pytest.mark.parametrize(
+    ("slot", "target"),
+    [
+        ("loss", "monai.utils.run_cmd"),
+        ("model.net", "torch.hub.load"),
+        ("loss", "torch.utils.cpp_extension.load_inline"),
+    ],
+)
+def test_a_crafted_target_stops_before_anything_is_built(
+    workspace: Path, run: Run, slot: str, target: str
+) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(_experiment_name(workspace)).experiment_id
     runs_before = len(client.search_runs([experiment]))
-    marker = workspace / "pwned"
-    crafted = ["-S", "model.net._target_=os.system", "-S", f"+model.net.command=touch {marker}"]
+    marker = workspace.parent / f"marker-{target}"
     params = workspace / "params.yaml"
     original = params.read_text()
+    crafted = _crafted_overrides(slot, target, marker)
     try:
         result = run([sys.executable, "-m", "dvc", "exp", "run", *crafted], workspace, check=False)
     finally:  # `dvc exp run` composed the crafted params.yaml; the failed stage removed its outputs
         params.write_text(original)
         run([sys.executable, "-m", "dvc", "checkout", "--force"], workspace)
     assert result.returncode != 0
-    assert "`model.net._target_=os.system` is refused" in result.stderr + result.stdout
+    assert f"`{slot}._target_={target}` is refused: it " in result.stderr + result.stdout
+    assert f"`{slot}` holds" in result.stderr + result.stdout
     assert not marker.exists()
     assert len(client.search_runs([experiment])) == runs_before
 

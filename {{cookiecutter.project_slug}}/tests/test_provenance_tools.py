@@ -6,6 +6,7 @@ hash, a line of stage code only the code hash (and git.dirty), and an unused fil
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -199,6 +200,63 @@ def test_reproduce_pulls_inputs_from_the_remote(workspace: Path, cli, run, tmp_p
         run([*dvc, "remote", "remove", "--local", "storage"], workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "metrics agree" in result.stdout
+
+
+def crafted_run(workspace: Path, pkg, marker: Path, **extra: object) -> str:
+    """A run written into the tracking store as anyone who can reach the server could write it.
+
+    It copies the workspace's train run (tags, metrics), and its logged config builds
+    ``monai.utils.run_cmd`` as the loss, with ``params.sha256`` recomputed to match.
+    """
+    client = client_for(workspace)
+    real = client.get_run(run_id(workspace, "train"))
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=real.info.run_id, artifact_path="config/params.yaml", tracking_uri=client.tracking_uri
+    )
+    params = yaml.safe_load(Path(logged).read_text())
+    params["loss"] = {"_target_": "monai.utils.run_cmd", "cmd_list": ["touch", str(marker)]}
+    params.update(extra)
+    provenance = importlib.import_module(f"{pkg.__name__}.provenance")
+    tags = {key: value for key, value in real.data.tags.items() if not key.startswith("mlflow.")}
+    tags["params.sha256"] = provenance.params_sha256(params)
+    crafted = client.create_run(real.info.experiment_id, tags=tags, run_name="crafted-train")
+    for key, value in real.data.metrics.items():
+        client.log_metric(crafted.info.run_id, key, value)
+    client.log_dict(crafted.info.run_id, params, "config/params.yaml")
+    client.set_terminated(crafted.info.run_id)
+    return crafted.info.run_id
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"allowed_targets": ["monai.utils"]}], ids=["guard", "allowed_targets in the record"]
+)
+def test_reproduce_refuses_a_crafted_run_before_any_stage_runs(
+    workspace: Path, cli, run, pkg, extra: dict
+) -> None:
+    marker = workspace.parent / "reproduced-marker"
+    crafted = crafted_run(workspace, pkg, marker, **extra)
+    runs_before = len(
+        client_for(workspace).search_runs([client_for(workspace).get_run(crafted).info.experiment_id])
+    )
+    result = cli(workspace, "reproduce", crafted)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = "`allowed_targets` holds" if extra else "`loss._target_=monai.utils.run_cmd` is refused"
+    assert f"the params logged with run {crafted}: {expected}" in result.stderr
+    assert "Re-running stage" not in result.stdout and "Traceback" not in result.stderr
+    assert not marker.exists()
+    experiment = client_for(workspace).get_run(crafted).info.experiment_id
+    assert len(client_for(workspace).search_runs([experiment])) == runs_before
+    assert "reproduce-" not in run(["git", "worktree", "list"], workspace).stdout
+
+
+def test_reproduce_refuses_recorded_values_that_git_or_dvc_would_not_write(workspace: Path, cli) -> None:
+    client = client_for(workspace)
+    real = client.get_run(run_id(workspace, "train"))
+    for tag, value in (("git.commit", "--output=/tmp/x"), ("data.processed.path", "../../outside")):
+        tags = {key: value for key, value in real.data.tags.items() if not key.startswith("mlflow.")}
+        crafted = client.create_run(real.info.experiment_id, tags=tags | {tag: value})
+        result = cli(workspace, "reproduce", crafted.info.run_id)
+        assert result.returncode == 2 and "refused" in result.stderr and value in result.stderr
 
 
 def test_run_cache_restores_point_at_the_original_runs(workspace: Path, exp_run) -> None:
