@@ -563,29 +563,49 @@ def test_every_other_readme_block_runs_as_written_in_order(
     run(["dvc", "push"], cwd=project, env=walk.env)
     assert s3_store.keys(LAB_BUCKET), "dvc push sent nothing to the lab's bucket"
 
+    walk.fill |= {
+        "<admin password>": "walk-admin-pw-3f9d1c",
+        "<server>:5000": f"127.0.0.1:{port}",
+        "<member>": "walk-member",
+        "<member password>": "walk-member-pw-81b2e7",
+    }
     *setup, server_command = take_block(blocks, "Team setup")
-    assert " server " in server_command, server_command
+    assert " server " in server_command and "--host 0.0.0.0" in server_command, server_command
     for command in setup:
         walk.run(command)
+    server_log = tmp_path / "server.log"
     server = Service(
         "the README's mlflow server", ["bash", "-c", walk.command(server_command)],
-        walk.env, project, port, tmp_path / "server.log",
+        walk.env, project, port, server_log,
     )  # fmt: skip
     server.start(ready_path="/health")
     try:
-        member = {**walk.env, "MLFLOW_TRACKING_URI": server.url}
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD"):
-            member.pop(
-                name
-            )  # a member needs neither the store's keys nor the database's
+        # The accounts block: the admin creates a member, who sets their login.
+        for command in take_block(blocks, "Team setup"):
+            walk.run(command)
+        member = dict(walk.env)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+            member.pop(name)  # a member needs neither the store's keys nor the database's
+        assert member["MLFLOW_TRACKING_URI"] == server.url
         logged = run(
             [experiments.layer_bin / "python", "-c", LOG_ONE_ARTIFACT],
             cwd=tmp_path,
             env=member,
         ).stdout.splitlines()[-1]
         assert any(key.endswith(logged) for key in s3_store.keys(LAB_BUCKET)), logged
+        anonymous = {k: v for k, v in member.items() if not k.startswith("MLFLOW_TRACKING_")}
+        anonymous["MLFLOW_TRACKING_URI"] = server.url
+        refused = run(
+            [experiments.layer_bin / "python", "-c", LOG_ONE_ARTIFACT],
+            cwd=tmp_path,
+            env=anonymous | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+            check=False,
+        )
+        assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
     finally:
         server.stop()
+    for password in (walk.fill["<admin password>"], walk.fill["<member password>"]):
+        assert password not in server_log.read_text()
 
     # Tests and layout: the git hooks (the suite itself: test_baked_project_tests.py).
     suite, *hooks = take_block(blocks, "Tests and layout")

@@ -1,13 +1,15 @@
 """The lab's shared setup, against real servers on 127.0.0.1 (see servers.py).
 
 Alice's project keeps its data in an S3 bucket through DVC and logs to the project's MLflow
-server (PostgreSQL for runs, S3 for artifacts). She runs two experiments side by side through
+server (PostgreSQL for runs, S3 for artifacts), which listens on 0.0.0.0 and so asks every
+member for a login. She runs two experiments side by side through
 DVC's queue, commits one, and pushes. Bob clones, pulls, verifies and reproduces her run. Then
 the faults: keys the store refuses, a server that is down at start, and one that dies mid-run.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -37,6 +40,12 @@ pytestmark = pytest.mark.slow
 DVC_BUCKET, ARTIFACT_BUCKET = "lab-dvc-store", "lab-mlflow-artifacts"
 PROVENANCE_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "seed")
 PROVENANCE_TAGS += ("dvc.exp_name", "dvc.baseline_rev", "data.processed.md5")
+ADMIN = ("lab-admin", "team-admin-pw-5e0c2b")
+MEMBER = ("lab-member", "team-member-pw-9a41d7")
+
+
+def basic_auth(login: tuple[str, str]) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()}
 # The client side of a lost server, shortened so that the test does not wait for MLflow's
 # default retries (about 4 minutes); what happens after them is the same.
 FAST_FAILURE = {
@@ -55,12 +64,18 @@ class Team:
     env: dict[str, str]  # a member's environment: the server's URI, no S3 keys
     experiment_id: str
 
-    def api(self, endpoint: str, body: dict | None = None, **query: str) -> dict:
+    def api(
+        self,
+        endpoint: str,
+        body: dict | None = None,
+        login: tuple[str, str] | None = MEMBER,
+        **query: str,
+    ) -> dict:
         url = f"{self.server.url}/api/2.0/mlflow/{endpoint}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(basic_auth(login) if login else {})}
         with urllib.request.urlopen(
             urllib.request.Request(url, data, headers)
         ) as answer:
@@ -96,6 +111,8 @@ class Team:
         # Authorization header), real stores can. Here every download goes through the server.
         return project_env(project) | {
             "MLFLOW_TRACKING_URI": self.server.url,
+            "MLFLOW_TRACKING_USERNAME": MEMBER[0],
+            "MLFLOW_TRACKING_PASSWORD": MEMBER[1],
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }
 
@@ -167,16 +184,18 @@ def team(bake, postgres: Postgres, s3_store: S3Store, tmp_path_factory) -> Team:
     command = [
         sys.executable, "-m", DEFAULT_PACKAGE, "server", "--backend-store-uri", backend,
         "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/mlartifacts", "--port", str(port),
-        "--", "--workers", "2",
+        "--host", "0.0.0.0", "--", "--workers", "2",
     ]  # fmt: skip
     # Only the server holds the S3 keys and the database password; members need neither.
     server_env = project_env(alice) | postgres.env | s3_store.env
+    server_env |= {"MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
     server = Service(
         "mlflow server", command, server_env, alice, port, folder / "mlflow-server.log"
     )
     server.start(ready_path="/health")
     try:
         team = Team(alice, origin, server, s3_store, {}, "")
+        team.api("users/create", {"username": MEMBER[0], "password": MEMBER[1]}, login=ADMIN)
         team.env = team.member_env(alice)
         for name, lr in (("alice-base", []), ("alice-lr", ["-S", "lr=0.001"])):
             dvc(
@@ -199,6 +218,25 @@ def test_queued_experiments_leave_only_finished_runs(team: Team) -> None:
     assert {found["info"]["status"] for found in runs} == {"FINISHED"}
     default = team.api("runs/search", {"experiment_ids": ["0"]}).get("runs", [])
     assert default == [], "runs landed in MLflow's Default experiment"
+
+
+def test_the_server_refuses_anonymous_writes_and_no_password_is_recorded(team: Team) -> None:
+    for login in (None, (MEMBER[0], "a-wrong-password-1")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            team.api("runs/create", {"experiment_id": team.experiment_id}, login=login)
+        assert refused.value.code == 401
+    records = {
+        "the server's log": team.server.log.read_text(),
+        "MLflow's runs": json.dumps(team.runs()),
+        "MLflow's models": json.dumps(team.api("registered-models/search")),
+    }
+    for name in ("params.yaml", "dvc.lock", ".dvc/config", ".dvc/config.local"):
+        if (team.alice / name).is_file():
+            records[name] = (team.alice / name).read_text()
+    for password in (ADMIN[1], MEMBER[1]):
+        leaked = [name for name, text in records.items() if password in text]
+        assert not leaked, f"a password is written in {leaked}"
+    assert "mlflow-auth.db" not in git(team.alice, "status", "--porcelain")  # accounts stay out of git
 
 
 def test_the_server_holds_tags_curves_model_and_champion(team: Team) -> None:

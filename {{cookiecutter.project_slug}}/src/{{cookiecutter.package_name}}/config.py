@@ -64,7 +64,7 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     _check_fresh(params, workdir)
     _check_types(params, path)
     check_code_and_paths(params, str(path))
-    targets.check_names(OmegaConf.to_container(params), targets.committed_allowed_targets(workdir), path)
+    targets.check_names(OmegaConf.to_container(params), targets.committed_allowed_targets(workdir), str(path))
     return params
 
 

@@ -78,7 +78,7 @@ NEVER = {
     "monai.utils.module": "imports code",
     "monai.utils.optional_import": "imports code",
     "monai.bundle": "downloads bundles and runs their config",
-    "monai.apps": "downloads data and models, and runs commands",
+    "monai.apps": "downloads data and models",
     "monai.auto3dseg": "runs commands",
     "monai.data.torchscript_utils": "loads TorchScript code",
 }
@@ -132,10 +132,10 @@ def check_names(tree: Mapping, allowed: tuple[str, ...], source: str) -> None:
             "commit that file."
         )
     for key, target in targets(tree):
-        check_name(key, target, allowed, source)
+        _check_name(key, target, allowed, source)
 
 
-def check_name(key: str, target: str, allowed: tuple[str, ...], source: str) -> None:
+def _check_name(key: str, target: str, allowed: tuple[str, ...], source: str) -> None:
     """One ``_target_`` at ``key``: in a slot, never a refused object, within trusted modules."""
     slot = slot_of(key)
     if slot is None:
@@ -145,7 +145,7 @@ def check_name(key: str, target: str, allowed: tuple[str, ...], source: str) -> 
         )
     reason = _never(target)
     if reason:
-        raise UserError(_refusal(key, target, target, reason, slot))
+        raise UserError(_refusal(source, key, target, target, reason, slot))
     modules = (*TRUSTED_MODULES, *allowed)
     if not any(_within(target, module) for module in modules):
         raise UserError(
@@ -174,13 +174,13 @@ def check_objects(tree: Mapping, allowed: tuple[str, ...], source: str) -> None:
         identity = f"{getattr(resolved, '__module__', '')}.{getattr(resolved, '__qualname__', '')}"
         reason = _never(identity)
         if reason:
-            raise UserError(_refusal(key, target, identity, reason, slot))
+            raise UserError(_refusal(source, key, target, identity, reason, slot))
         if isinstance(resolved, type):
             if not issubclass(resolved, get_object(slot.base)):
-                raise UserError(_refusal(key, target, identity, "is not of that kind", slot))
+                raise UserError(_refusal(source, key, target, identity, "is not of that kind", slot))
         elif target not in allowed:
             raise UserError(
-                _refusal(key, target, identity, "is not a class", slot)
+                _refusal(source, key, target, identity, "is not a class", slot)
                 + f" A factory function you trust may be named exactly in `{ALLOWED_KEY}` in "
                 f"{CONFIG_FILE} (committed)."
             )
@@ -211,9 +211,9 @@ def _within(name: str, module: str) -> bool:
     return name == module or name.startswith(f"{module}.")
 
 
-def _refusal(key: str, target: str, identity: str, reason: str, slot: Slot) -> str:
+def _refusal(source: str, key: str, target: str, identity: str, reason: str, slot: Slot) -> str:
     resolved = "" if identity == target else f" (it resolves to {identity})"
     return (
-        f"`{key}._target_={target}` is refused{resolved}: it {reason}, and `{key}` holds "
+        f"{source}: `{key}._target_={target}` is refused{resolved}: it {reason}, and `{key}` holds "
         f"{slot.builds}. Set `{key}` to such a class in conf/ or with `dvc exp run -S`."
     )
