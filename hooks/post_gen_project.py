@@ -48,7 +48,7 @@ def fingerprint_conf() -> None:
 
 def offline_plots_page() -> None:
     """Write the page `dvc plots show` fills, with vega inlined; a bake without network still succeeds."""
-    module_file = PROJECT / "src" / PACKAGE / "offline_plots.py"
+    module_file = PROJECT / "src" / PACKAGE / "lab" / "offline_plots.py"
     offline_plots = load_project_module("offline_plots", module_file)
     try:
         offline_plots.write_offline_page(PROJECT / ".dvc")

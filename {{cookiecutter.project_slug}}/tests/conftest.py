@@ -63,7 +63,7 @@ def pkg() -> ModuleType:
 
 @pytest.fixture
 def package_module(pkg: ModuleType) -> Callable[[str], ModuleType]:
-    """Import a submodule of the package by its short name, e.g. ``package_module("msd")``."""
+    """Import a submodule of the package by its short name, e.g. ``package_module("data.msd")``."""
 
     def load(name: str) -> ModuleType:
         return importlib.import_module(f"{pkg.__name__}.{name}")

@@ -9,7 +9,7 @@ from conftest import compose_conf
 
 def resolve(package_module, device: torch.device, *overrides: str):
     trainer = compose_conf(["trainer=auto", *overrides]).trainer
-    return package_module("acceleration").Acceleration.resolve(trainer, device)
+    return package_module("training.acceleration").Acceleration.resolve(trainer, device)
 
 
 def test_on_the_cpu_every_gpu_option_is_off(package_module) -> None:
@@ -39,13 +39,13 @@ def test_an_unknown_amp_dtype_is_refused_on_any_device(package_module, user_erro
 )
 def test_cache_choice_on_the_cpu(package_module, cache, size_mb, expected) -> None:
     data = compose_conf([f"data.cache={cache}"]).data
-    assert package_module("loaders").cache_choice(data, size_mb, torch.device("cpu")) == expected
+    assert package_module("data.loaders").cache_choice(data, size_mb, torch.device("cpu")) == expected
 
 
 def test_a_gpu_cache_without_a_gpu_is_refused(package_module, user_error) -> None:
     data = compose_conf(["data.cache=gpu"]).data
     with pytest.raises(user_error, match="data.cache=gpu but training runs on cpu"):
-        package_module("loaders").cache_choice(data, 10, torch.device("cpu"))
+        package_module("data.loaders").cache_choice(data, 10, torch.device("cpu"))
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ def group_options(group: str) -> list[str]:
 
 @pytest.fixture
 def config(package_module):
-    return package_module("config")
+    return package_module("config.params")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable, ru
 
 def doctor(project: Path, **env: str) -> subprocess.CompletedProcess:
     """`doctor` in ``project`` with this environment plus ``env`` (an empty value unsets)."""
-    package = next(path.name for path in (project / "src").iterdir() if (path / "doctor.py").exists())
+    package = next(path.name for path in (project / "src").iterdir() if (path / "lab" / "doctor.py").exists())
     environment = {**os.environ, "PYTHONPATH": str(project / "src"), "DVC_NO_ANALYTICS": "1"}
     environment.pop("MLFLOW_TRACKING_URI", None)
     environment.update(env)

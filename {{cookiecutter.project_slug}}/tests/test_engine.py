@@ -16,7 +16,7 @@ PATCH = [16, 16, 16]
 
 @pytest.fixture
 def engine(package_module):
-    return package_module("engine")
+    return package_module("training.engine")
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def small_setup(package_module, device: torch.device):
     """A 2-class UNet, loss and optimizer from conf/, and one batch of cubes on ``device``."""
     cfg = compose_conf(["model=unet", "trainer=cpu"])
     torch.manual_seed(0)
-    model = package_module("models").build_model(cfg.model, 1, 2).to(device)
+    model = package_module("model.networks").build_model(cfg.model, 1, 2).to(device)
     optimizer = instantiate(cfg.optimizer)(model.parameters(), lr=cfg.lr)
     loss_fn = instantiate(cfg.loss)
     labels = torch.zeros(2, 1, *PATCH, dtype=torch.long)
@@ -74,7 +74,7 @@ def small_setup(package_module, device: torch.device):
 
 def acceleration(package_module, device: torch.device, *overrides: str):
     trainer = compose_conf(["trainer=auto", *overrides]).trainer
-    return package_module("acceleration").Acceleration.resolve(trainer, device)
+    return package_module("training.acceleration").Acceleration.resolve(trainer, device)
 
 
 def test_train_one_epoch_updates_the_model_on_cpu(engine, package_module) -> None:
@@ -157,7 +157,7 @@ def test_fast_path_training_steps_on_cuda(engine, package_module, overrides, dty
 
 
 def test_overlays_pick_the_worst_median_and_best_cases(package_module) -> None:
-    ranked_picks = package_module("overlays").ranked_picks
+    ranked_picks = package_module("evaluation.overlays").ranked_picks
     scores = {"a": 0.9, "b": 0.1, "c": 0.5, "d": float("nan"), "e": 0.7, "f": 0.3}
     assert ranked_picks(scores, 3) == {"b": "worst", "c": "median", "a": "best"}
     assert ranked_picks({"a": 0.4}, 3) == {"a": "only"}

@@ -16,7 +16,7 @@ SPACING = (0.8, 0.9, 4.0)  # voxel axes; the file's axes run towards L, P, S
 
 @pytest.fixture
 def fingerprint(package_module):
-    return package_module("fingerprint")
+    return package_module("data.fingerprint")
 
 
 def write_dataset(root: Path, channels: int = 1, num_cases: int = 3) -> None:
@@ -46,10 +46,10 @@ def write_dataset(root: Path, channels: int = 1, num_cases: int = 3) -> None:
 
 
 def run_fingerprint(package_module, root: Path, num_workers: int = 1) -> dict:
-    fingerprint = package_module("fingerprint")
-    dataset = package_module("msd").read_msd(root)
+    fingerprint = package_module("data.fingerprint")
+    dataset = package_module("data.msd").read_msd(root)
     work = partial(fingerprint.fingerprint_case, dataset=dataset, seed=0)
-    cases = package_module("parallel").map_cases(work, dataset.cases, num_workers, "fingerprint")
+    cases = package_module("data.parallel").map_cases(work, dataset.cases, num_workers, "fingerprint")
     return fingerprint.summarise(dataset, cases)
 
 

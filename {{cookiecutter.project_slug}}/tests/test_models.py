@@ -14,7 +14,7 @@ MODEL_OPTIONS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml")
 
 @pytest.fixture
 def models(package_module):
-    return package_module("models")
+    return package_module("model.networks")
 
 
 def test_both_shipped_models_are_options() -> None:

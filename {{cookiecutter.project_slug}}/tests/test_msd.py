@@ -16,7 +16,7 @@ NAMES = ["liver_0", "liver_1", "liver_2"]
 
 @pytest.fixture
 def msd(package_module):
-    return package_module("msd")
+    return package_module("data.msd")
 
 
 def write_msd(root: Path, names: list[str] = NAMES, labels: dict[str, str] = LABELS) -> Path:

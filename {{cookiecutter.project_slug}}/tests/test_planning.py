@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 @pytest.fixture
 def planning(package_module):
-    return package_module("planning")
+    return package_module("data.planning")
 
 
 def fingerprint(spacings: list[tuple[float, float, float]], modality: tuple[str, ...] = ("MRI",)) -> dict:

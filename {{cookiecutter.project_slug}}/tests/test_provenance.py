@@ -60,7 +60,7 @@ outs:
 
 @pytest.fixture
 def provenance(package_module):
-    return package_module("provenance")
+    return package_module("lab.provenance")
 
 
 def write_files(root: Path, contents: dict[str, bytes]) -> list[Path]:
@@ -113,7 +113,7 @@ def test_conf_fingerprint_covers_nested_yaml_only(tmp_path: Path) -> None:
 @pytest.fixture
 def resolved(package_module, project_root: Path) -> dict:
     params = OmegaConf.load(project_root / "params.yaml")
-    return package_module("config").resolved_params(params)
+    return package_module("config.params").resolved_params(params)
 
 
 def reorder(value: object) -> object:
@@ -140,7 +140,7 @@ def test_params_hash_is_sha256_of_canonical_json(provenance, resolved: dict) -> 
 
 
 def test_params_hash_ignores_the_conf_fingerprint(package_module, provenance, project_root: Path) -> None:
-    config = package_module("config")
+    config = package_module("config.params")
     params = OmegaConf.load(project_root / "params.yaml")
     before = provenance.params_sha256(config.resolved_params(params))
     params.conf_sha256 = "0" * 64
@@ -198,7 +198,7 @@ def project_copy(project_root: Path, tmp_path: Path) -> Path:
 
 def test_code_hash_follows_python_sources(provenance, pkg, project_copy: Path) -> None:
     before = provenance.code_sha256(project_copy)
-    engine = project_copy / "src" / pkg.__name__ / "engine.py"
+    engine = project_copy / "src" / pkg.__name__ / "training" / "engine.py"
     engine.write_text(engine.read_text() + "\n# changed\n")
     assert provenance.code_sha256(project_copy) != before
 
@@ -255,7 +255,7 @@ def test_git_dirty_counts_sources_and_conf_only(provenance, pkg, repo: Path) -> 
     (repo / "conf" / "model" / "new.yaml").write_text("net: {}\n")
     assert provenance.git_dirty(repo) is True
     (repo / "conf" / "model" / "new.yaml").unlink()
-    (repo / "src" / pkg.__name__ / "models.py").write_text("\n", encoding="utf-8")
+    (repo / "src" / pkg.__name__ / "model" / "networks.py").write_text("\n", encoding="utf-8")
     assert provenance.git_dirty(repo) is True
 
 

@@ -216,7 +216,7 @@ def crafted_run(workspace: Path, pkg, marker: Path, **extra: object) -> str:
     params = yaml.safe_load(Path(logged).read_text())
     params["loss"] = {"_target_": "monai.utils.run_cmd", "cmd_list": ["touch", str(marker)]}
     params.update(extra)
-    provenance = importlib.import_module(f"{pkg.__name__}.provenance")
+    provenance = importlib.import_module(f"{pkg.__name__}.lab.provenance")
     tags = {key: value for key, value in real.data.tags.items() if not key.startswith("mlflow.")}
     tags["params.sha256"] = provenance.params_sha256(params)
     crafted = client.create_run(real.info.experiment_id, tags=tags, run_name="crafted-train")

@@ -138,12 +138,12 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     assert champion.tags["train_run_id"] == story["better"]["train_run_id"]
     params = OmegaConf.load(workspace / "params.yaml")
     processed = workspace / "data/processed"
-    loaders = package_module("loaders")
+    loaders = package_module("data.loaders")
     size_mb = loaders.read_plan(processed)["size_mb"]
     batch = next(iter(loaders.eval_loader(params, processed, "test", size_mb, torch.device("cpu"))))
     image = batch["image"].as_tensor()
     torch.save(image, tmp_path / "image.pt")
-    engine = package_module("engine")
+    engine = package_module("training.engine")
     arguments = {
         "threads": THREADS,
         "tracking_uri": f"sqlite:///{workspace / 'mlflow.db'}",
@@ -157,14 +157,16 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     run([sys.executable, "-c", LOAD_AND_PREDICT, json.dumps(arguments)], workspace)
     served = torch.load(tmp_path / "logits.pt", weights_only=True)
 
-    dataset = package_module("msd").read_msd(processed)
-    model = package_module("models").build_model(params.model, dataset.in_channels, dataset.num_classes)
+    dataset = package_module("data.msd").read_msd(processed)
+    model = package_module("model.networks").build_model(
+        params.model, dataset.in_channels, dataset.num_classes
+    )
     checkpoint = torch.load(workspace / "models/best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)  # as in the fresh process: CPU sums depend on the thread count
     try:
-        plain = package_module("acceleration").Acceleration.for_inference(torch.device("cpu"))
+        plain = package_module("training.acceleration").Acceleration.for_inference(torch.device("cpu"))
         own = engine.predict(model.eval(), image, list(params.patch_size), params.evaluate.overlap, plain)
     finally:
         torch.set_num_threads(threads)

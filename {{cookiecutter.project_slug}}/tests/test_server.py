@@ -24,7 +24,7 @@ ADMIN_PASSWORD = "admin-pw-7c1e9a4f"
 
 @pytest.fixture
 def server(package_module):
-    return package_module("server")
+    return package_module("lab.server")
 
 
 def test_the_server_listens_on_loopback_and_keeps_store_uris_off_its_command_line(
@@ -120,7 +120,7 @@ def test_a_server_that_does_not_answer_names_its_uri_and_the_fix(package_module,
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    reachability = package_module("reachability")
+    reachability = package_module("lab.reachability")
     with pytest.raises(user_error, match="does not answer: Connection refused") as refused:
         reachability.check(uri)
     assert uri in str(refused.value) and "unset MLFLOW_TRACKING_URI" in str(refused.value)

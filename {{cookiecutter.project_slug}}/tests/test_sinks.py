@@ -24,7 +24,7 @@ def written(pkg: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.chdir(root)
         patch.delenv("WANDB_MODE", raising=False)
         patch.setenv("WANDB_DIR", str(root))
-        sinks = importlib.import_module(f"{pkg.__name__}.sinks").Sinks(
+        sinks = importlib.import_module(f"{pkg.__name__}.lab.sinks").Sinks(
             ["tensorboard", "wandb"], "workspace-train", RUN_ID, PARAMS, TAGS
         )
         for step, loss in enumerate([0.9, 0.5], start=1):
@@ -56,7 +56,7 @@ def test_wandb_runs_offline_with_the_same_record(written: dict) -> None:
 
 def test_an_unknown_sink_is_refused(package_module, user_error) -> None:
     with pytest.raises(user_error, match="unknown sink 'neptune'"):
-        package_module("sinks").Sinks(["neptune"], "run", RUN_ID, PARAMS, TAGS)
+        package_module("lab.sinks").Sinks(["neptune"], "run", RUN_ID, PARAMS, TAGS)
 
 
 @pytest.mark.slow

@@ -35,12 +35,12 @@ HARMFUL = [
 
 @pytest.fixture
 def config(package_module):
-    return package_module("config")
+    return package_module("config.params")
 
 
 @pytest.fixture
 def targets(package_module):
-    return package_module("targets")
+    return package_module("config.instantiate")
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_a_multi_node_torchrun_launcher_is_accepted(config, workdir: Path) -> No
 def test_check_params_imports_neither_torch_nor_monai(pkg, workdir: Path) -> None:
     probe = (
         "import sys; from pathlib import Path\n"
-        f"from {pkg.__name__}.config import load_params\n"
+        f"from {pkg.__name__}.config.params import load_params\n"
         f"load_params(Path({str(workdir)!r}))\n"
         "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
     )

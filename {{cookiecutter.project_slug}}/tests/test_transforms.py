@@ -16,7 +16,7 @@ ORIGIN = (10.0, 20.0, -5.0)
 
 @pytest.fixture
 def transforms(package_module):
-    return package_module("transforms")
+    return package_module("data.transforms")
 
 
 def write_case(folder: Path) -> dict[str, str]:

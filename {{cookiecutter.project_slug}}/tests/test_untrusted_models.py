@@ -51,7 +51,7 @@ def test_predict_refuses_a_pickled_model(
 ) -> None:
     uri, marker = pickled_model
     with pytest.raises(user_error, match=rf"Cannot load model {uri} .*pickle is disallowed"):
-        package_module("predict").load_model(uri, tmp_path)
+        package_module("inference.predict").load_model(uri, tmp_path)
     assert not marker.exists()
 
 
@@ -62,5 +62,5 @@ def test_the_payload_would_run_if_allowed(
     uri, marker = pickled_model
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     with pytest.raises(Exception):  # noqa: B017  the payload is no model; only its side effect counts
-        package_module("predict").load_model(uri, tmp_path)
+        package_module("inference.predict").load_model(uri, tmp_path)
     assert marker.exists()

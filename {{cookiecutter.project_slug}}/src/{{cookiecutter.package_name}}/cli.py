@@ -12,6 +12,11 @@ from pathlib import Path
 from .errors import Interrupted, UserError
 
 STAGES = ("synthesize", "fingerprint", "preprocess", "train", "evaluate")
+# The module of each command that is not a stage: the lab's tools, and inference.
+TOOLS = {
+    "predict": ".inference.predict",
+    **{tool: f".lab.{tool}" for tool in ("verify", "reproduce", "sync", "search", "doctor", "server")},
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,15 +103,15 @@ def _dispatch(args: argparse.Namespace) -> bool:
     Each command imports only its own module (by name), so that a stage's process loads no
     tool's code and `--help` loads no torch.
     """
-    from .config import check_buildable, load_params, repo_root
+    from .config.params import check_buildable, load_params, repo_root
 
     workdir = Path.cwd()
-    if args.command in ("verify", "reproduce", "sync", "predict", "search", "doctor", "server"):
-        command = importlib.import_module(f".{args.command}", __package__)
+    if args.command in TOOLS:
+        command = importlib.import_module(TOOLS[args.command], __package__)
     if args.command == "verify":
         return command.verify(args.run_id, workdir)
     if args.command == "reproduce":
-        run_id = args.run_id or importlib.import_module(".verify", __package__).latest_run_id(workdir)
+        run_id = args.run_id or importlib.import_module(".lab.verify", __package__).latest_run_id(workdir)
         return command.reproduce(run_id, repo_root(), args.tolerance)
     if args.command == "doctor":
         return command.doctor(repo_root())
@@ -129,7 +134,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
         command.predict(args.inputs, args.model, args.output, args.overlap, workdir)
         return True
     if args.command == "plots-offline":
-        offline_plots = importlib.import_module(".offline_plots", __package__)
+        offline_plots = importlib.import_module(".lab.offline_plots", __package__)
         try:
             page = offline_plots.write_offline_page(repo_root() / ".dvc")
         except offline_plots.FetchError as error:
@@ -142,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> bool:
     if args.command in ("train", "evaluate"):
         check_buildable(params, workdir)  # every `_target_` resolved and checked before anything is built
         # A tracking server that does not answer stops the stage before it loads anything.
-        importlib.import_module(".tracking", __package__).check_server(repo_root())
+        importlib.import_module(".lab.tracking", __package__).check_server(repo_root())
     # Imported only when chosen: each stage pulls in only what it needs (torch, MONAI, MLflow).
     stage = importlib.import_module(f".stages.{args.command}", __package__)
     stage.run(params, workdir)

@@ -16,15 +16,16 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
-from .. import planning, registry, tracking
-from ..acceleration import Acceleration
-from ..engine import configure_runtime, predict, select_device
-from ..layout import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
-from ..loaders import eval_loader, read_plan
-from ..models import build_model
-from ..msd import read_msd
-from ..overlays import OverlaySlice, ranked_picks, save_overlay
-from ..progress import track
+from ..data import planning
+from ..data.loaders import eval_loader, read_plan
+from ..data.msd import read_msd
+from ..evaluation.overlays import OverlaySlice, ranked_picks, save_overlay
+from ..lab import registry, tracking
+from ..lab.progress import track
+from ..model.networks import build_model
+from ..paths import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
+from ..training.acceleration import Acceleration
+from ..training.engine import configure_runtime, predict, select_device
 
 log = logging.getLogger(__name__)
 # MONAI's own HausdorffDistanceMetric passes get_mask_edges an argument that MONAI itself

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..fingerprint import fingerprint_case, summarise
-from ..layout import FINGERPRINT
-from ..msd import read_msd
-from ..parallel import map_cases
+from ..data.fingerprint import fingerprint_case, summarise
+from ..data.msd import read_msd
+from ..data.parallel import map_cases
+from ..paths import FINGERPRINT
 
 log = logging.getLogger(__name__)
 

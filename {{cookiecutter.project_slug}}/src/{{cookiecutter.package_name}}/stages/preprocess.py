@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .. import planning
+from ..data import planning
+from ..data.msd import SPLITS_FILE, MsdDataset, read_msd, split_cases
+from ..data.parallel import map_cases
+from ..data.transforms import preprocess_transforms
 from ..errors import UserError
-from ..layout import FINGERPRINT, PLAN_FILE, PREPROCESS_METRICS, PROCESSED
-from ..msd import SPLITS_FILE, MsdDataset, read_msd, split_cases
-from ..parallel import map_cases
-from ..transforms import preprocess_transforms
+from ..paths import FINGERPRINT, PLAN_FILE, PREPROCESS_METRICS, PROCESSED
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 from monai.data.synthetic import create_test_image_3d
 from omegaconf import DictConfig
 
-from ..layout import SYNTHETIC
+from ..paths import SYNTHETIC
 
 log = logging.getLogger(__name__)
 

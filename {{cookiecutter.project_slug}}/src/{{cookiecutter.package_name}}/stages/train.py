@@ -20,16 +20,18 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from .. import distributed, planning, resume, tracking
-from ..acceleration import Acceleration
-from ..config import instantiate_node
-from ..engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
+from ..config.params import instantiate_node
+from ..data import planning
+from ..data.loaders import cache_choice, eval_loader, read_plan, train_loader
+from ..data.msd import read_msd
 from ..errors import Interrupted
-from ..layout import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, TRAIN_METRICS
-from ..loaders import cache_choice, eval_loader, read_plan, train_loader
-from ..models import build_model, model_card
-from ..msd import read_msd
-from ..progress import logs_above_bars, track
+from ..lab import tracking
+from ..lab.progress import logs_above_bars, track
+from ..model.networks import build_model, model_card
+from ..paths import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, TRAIN_METRICS
+from ..training import distributed, resume
+from ..training.acceleration import Acceleration
+from ..training.engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
 
 log = logging.getLogger(__name__)
 

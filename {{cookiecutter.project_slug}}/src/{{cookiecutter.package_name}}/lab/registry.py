@@ -15,8 +15,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from ..errors import UserError
 from . import tracking
-from .errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .. import PACKAGE
+from ..errors import UserError
 
-PACKAGE = __package__
 TRUSTED_MODULES = ("torch", "monai", PACKAGE)
 ALLOWED_KEY = "allowed_targets"
 CONFIG_FILE = "conf/config.yaml"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from .errors import UserError
+from ..errors import UserError
 
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 KEYS = ("image", "label")
 SPLITS_FILE = "splits.json"  # train/val/test case names, written by preprocess

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.params import load_params, resolved_params
+from ..errors import UserError
 from . import provenance
-from .config import load_params, resolved_params
-from .errors import UserError
 from .tracking import get_run
 
 # Where a stage writes the id of the MLflow run that produced the workspace's outputs.

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
-from . import targets
-from .errors import UserError
+from ..errors import UserError
+from . import instantiate as targets
 
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
@@ -151,7 +151,7 @@ def check_code_and_paths(params: DictConfig, path: str) -> None:
 def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
     """Build the object that config ``key`` describes (``_target_``; ``_partial_`` is called).
 
-    Every object built from config is built here, after the `_target_` guard (targets.py)
+    Every object built from config is built here, after the `_target_` guard (config/instantiate.py)
     has checked each target in the node against its slot, and its result is checked again.
     A wrong class or argument, from conf/ or from `-S`, becomes an error naming the key.
     """

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
+from ..config.params import FINGERPRINT_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
+from ..errors import UserError
 from . import provenance
-from .config import FINGERPRINT_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
-from .errors import UserError
 from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
 
 # What each stage reads, checked out at the versions the run recorded.

@@ -13,7 +13,7 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .msd import MsdDataset
 
 # Foreground voxels sampled per case for the intensity statistics (nnU-Net samples 10,000).

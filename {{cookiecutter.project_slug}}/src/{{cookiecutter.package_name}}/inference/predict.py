@@ -25,15 +25,15 @@ import torch
 from monai.transforms import Invertd
 from omegaconf import OmegaConf
 
-from . import engine
-from .acceleration import Acceleration
-from .config import PARAMS_FILE, repo_root
-from .errors import UserError
-from .models import model_from_card
-from .progress import track
-from .registry import CHAMPION, logged_model
-from .tracking import tracking_uri
-from .transforms import preprocess_transforms
+from ..config.params import PARAMS_FILE, repo_root
+from ..data.transforms import preprocess_transforms
+from ..errors import UserError
+from ..lab.progress import track
+from ..lab.registry import CHAMPION, logged_model
+from ..lab.tracking import tracking_uri
+from ..model.networks import model_from_card
+from ..training import engine
+from ..training.acceleration import Acceleration
 
 log = logging.getLogger(__name__)
 

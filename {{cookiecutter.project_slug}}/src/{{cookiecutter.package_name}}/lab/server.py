@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

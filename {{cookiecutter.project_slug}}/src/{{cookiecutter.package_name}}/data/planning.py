@@ -19,7 +19,7 @@ import math
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserError
+from ..errors import UserError
 
 ANISOTROPY = 3.0
 NORMALIZATIONS = ("auto", "ct", "zscore", "window")

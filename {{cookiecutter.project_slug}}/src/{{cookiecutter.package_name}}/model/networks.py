@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import instantiate_node
-from .msd import MsdDataset
+from ..config.params import instantiate_node
+from ..data.msd import MsdDataset
 
 
 def build_model(model: DictConfig, in_channels: int, out_channels: int) -> torch.nn.Module:

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 SINKS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # sink -> the package it needs
 TENSORBOARD_DIR = Path("tensorboard")

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import UserError
+from .. import PACKAGE
+from ..errors import UserError
 
 # How long one probe of the server may take; MLflow's own requests wait up to 120 s each.
 PROBE_SECONDS = 10
@@ -45,7 +46,7 @@ def check(uri: str) -> None:
     if is_server(uri) and (reason := unreachable_reason(uri)):
         raise UserError(
             f"The MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer: {reason}. "
-            f"Start it (`python -m {__package__} server`, see the README's Team setup) or unset "
+            f"Start it (`python -m {PACKAGE} server`, see the README's Team setup) or unset "
             "MLFLOW_TRACKING_URI to log to this repository's mlflow.db. Nothing was run."
         )
 

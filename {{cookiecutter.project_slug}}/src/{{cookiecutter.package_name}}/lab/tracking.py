@@ -19,10 +19,11 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from .. import PACKAGE
+from ..config.params import repo_root, resolved_params
+from ..errors import UserError
 from . import provenance, reachability
-from .config import repo_root, resolved_params
-from .datasets import log_dvc_inputs
-from .errors import UserError
+from .dataset_records import log_dvc_inputs
 from .sinks import Sinks
 
 if TYPE_CHECKING:  # torch is imported only by the stages that log a model
@@ -207,7 +208,7 @@ def _description(tags: dict[str, str], run_id: str) -> str:
     experiment = tags.get("dvc.exp_name", "none (run outside `dvc exp run`)")
     return (
         f"DVC experiment: {experiment}, at commit {tags['git.commit'][:12]}.\n\n"
-        f"Re-run and compare: `python -m {__package__} reproduce {run_id}`"
+        f"Re-run and compare: `python -m {PACKAGE} reproduce {run_id}`"
     )
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import PACKAGE
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ def init(device: torch.device) -> Ranks:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     ranks = Ranks(dist.get_rank(), world_size, local_rank())
     if not ranks.is_main:
-        logging.getLogger(__package__).setLevel(logging.WARNING)  # one progress log: rank 0's
+        logging.getLogger(PACKAGE).setLevel(logging.WARNING)  # one progress log: rank 0's
     log.info("DDP: %d processes, backend %s (trainer.nproc_per_node)", world_size, dist.get_backend())
     return ranks
 

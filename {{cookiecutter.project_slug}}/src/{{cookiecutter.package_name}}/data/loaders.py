@@ -29,9 +29,9 @@ from monai.transforms import (
 )
 from omegaconf import DictConfig
 
-from .distributed import Ranks
-from .errors import UserError
-from .layout import PLAN_FILE
+from ..errors import UserError
+from ..paths import PLAN_FILE
+from ..training.distributed import Ranks
 from .msd import KEYS, SPLITS_FILE
 from .transforms import load_transforms
 

@@ -26,11 +26,11 @@ import torch
 from monai.data import Dataset
 from omegaconf import DictConfig
 
-from . import provenance
-from .config import resolved_params
+from ..config.params import resolved_params
+from ..errors import Interrupted, UserError
+from ..lab import provenance
+from ..paths import PROCESSED
 from .engine import save_checkpoint
-from .errors import Interrupted, UserError
-from .layout import PROCESSED
 
 log = logging.getLogger(__name__)
 

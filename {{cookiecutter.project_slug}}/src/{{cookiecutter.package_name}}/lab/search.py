@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import OmegaConf
 
-from .config import PARAMS_FILE
+from ..config.params import PARAMS_FILE
 from .provenance import experiment_commit
 from .tracking import connect
 

@@ -15,8 +15,8 @@ from monai.transforms import AsDiscrete
 from monai.utils import set_determinism
 from omegaconf import DictConfig
 
+from ..errors import UserError
 from .acceleration import Acceleration
-from .errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import yaml
 
 from hydra_plugins.conf_fingerprint.hashing import sha256_of_files
 
-from .errors import UserError
+from ..errors import UserError
 
 # Sources whose change changes what the stages compute. conf/ is left out of the code hash
 # because its effect reaches results only through the params, which are hashed on their own.

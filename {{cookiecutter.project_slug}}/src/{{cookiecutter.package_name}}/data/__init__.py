@@ -1,0 +1,1 @@
+"""The data: MSD datasets, their fingerprint, the `auto` plan, transforms and loaders."""

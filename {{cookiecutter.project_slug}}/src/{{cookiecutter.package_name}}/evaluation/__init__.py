@@ -1,0 +1,1 @@
+"""Evaluation outputs beyond the metrics: the overlays of the report."""

@@ -1,0 +1,1 @@
+"""Inference on new scans with a trained model (`predict`)."""

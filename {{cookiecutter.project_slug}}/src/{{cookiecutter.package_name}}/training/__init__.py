@@ -1,0 +1,1 @@
+"""Training: device and determinism, the loops, mixed precision, DDP, stop and resume."""
