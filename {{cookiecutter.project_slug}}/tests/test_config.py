@@ -25,6 +25,12 @@ def config(package_module):
 
 
 @pytest.fixture
+def build(package_module):
+    """The one function that builds objects from config."""
+    return package_module("config.instantiate").instantiate_node
+
+
+@pytest.fixture
 def workdir(project_root: Path, tmp_path: Path) -> Path:
     """A copy of the project's conf/ and params.yaml: what a stage reads."""
     shutil.copytree(project_root / "conf", tmp_path / "conf")
@@ -179,8 +185,8 @@ def test_data_options_keep_paths_relative(option: str) -> None:
 
 
 @pytest.mark.parametrize("option", group_options("loss"))
-def test_every_loss_option_instantiates(config, option: str) -> None:
-    loss_fn = config.instantiate_node(compose_conf([f"loss={option}"]).loss, "loss")
+def test_every_loss_option_instantiates(build, option: str) -> None:
+    loss_fn = build(compose_conf([f"loss={option}"]).loss, "loss")
     logits = torch.randn(1, 2, 4, 4, 4)
     labels = torch.randint(0, 2, (1, 1, 4, 4, 4))
     loss = loss_fn(logits, labels)
@@ -188,9 +194,9 @@ def test_every_loss_option_instantiates(config, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", group_options("optimizer"))
-def test_every_optimizer_option_takes_the_top_level_lr(config, option: str) -> None:
+def test_every_optimizer_option_takes_the_top_level_lr(build, option: str) -> None:
     cfg = compose_conf([f"optimizer={option}"])
     weights = torch.nn.Parameter(torch.zeros(3))
-    optimizer = config.instantiate_node(cfg.optimizer, "optimizer", [weights], lr=cfg.lr)
+    optimizer = build(cfg.optimizer, "optimizer", [weights], lr=cfg.lr)
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert optimizer.param_groups[0]["lr"] == cfg.lr

@@ -39,8 +39,9 @@ def config(package_module):
 
 
 @pytest.fixture
-def targets(package_module):
-    return package_module("config.instantiate")
+def build(package_module):
+    """The one function that builds objects from config."""
+    return package_module("config.instantiate").instantiate_node
 
 
 @pytest.fixture
@@ -88,17 +89,17 @@ def test_a_harmful_target_is_refused_by_name_naming_its_key(
 
 @pytest.mark.parametrize(("slot", "target", "extra"), HARMFUL, ids=[target for _, target, _ in HARMFUL])
 def test_instantiate_refuses_what_it_would_call_in_any_slot(
-    config, user_error, tmp_path: Path, slot: str, target: str, extra: dict
+    build, user_error, tmp_path: Path, slot: str, target: str, extra: dict
 ) -> None:
     marker = tmp_path / "marker"
     node = OmegaConf.create(payload(slot, target, extra, marker))
     with pytest.raises(user_error, match=rf"`{slot}._target_={target}` is refused"):
-        config.instantiate_node(node, slot)
+        build(node, slot)
     assert not marker.exists()
 
 
 def test_an_alias_that_passes_every_name_check_is_refused_on_what_it_is(
-    config, user_error, workdir: Path
+    build, config, user_error, workdir: Path
 ) -> None:
     # MONAI's unet module imports torch, so this MONAI name reaches torch.hub.load, which runs
     # the hubconf.py of the folder it is given: no list of names can foresee every such path.
@@ -114,7 +115,7 @@ def test_an_alias_that_passes_every_name_check_is_refused_on_what_it_is(
     with pytest.raises(user_error, match=refusal):
         config.check_buildable(params, workdir)
     with pytest.raises(user_error, match=refusal):
-        config.instantiate_node(params.model.net, "model.net")
+        build(params.model.net, "model.net")
     assert not marker.exists()
     # What the guard prevents: Hydra alone (with its own blocklist) builds the node and runs the code.
     from hydra.utils import instantiate
@@ -129,13 +130,13 @@ def test_an_alias_that_passes_every_name_check_is_refused_on_what_it_is(
     [("loss", "torch.optim.SGD"), ("optimizer", "torch.nn.MSELoss"), ("model.net", "monai.data.Dataset")],
 )
 def test_a_class_of_the_wrong_kind_is_refused_naming_what_the_slot_holds(
-    config, user_error, slot: str, target: str
+    build, user_error, slot: str, target: str
 ) -> None:
     with pytest.raises(user_error, match=rf"`{slot}._target_={target}` is refused.*: it is not of that kind"):
-        config.instantiate_node(OmegaConf.create({"_target_": target}), slot)
+        build(OmegaConf.create({"_target_": target}), slot)
 
 
-def test_a_nested_target_is_checked_like_its_slot(config, user_error, tmp_path: Path) -> None:
+def test_a_nested_target_is_checked_like_its_slot(build, user_error, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     node = OmegaConf.create(
         {
@@ -144,7 +145,7 @@ def test_a_nested_target_is_checked_like_its_slot(config, user_error, tmp_path: 
         }
     )
     with pytest.raises(user_error, match=r"`model.net._args_.0._target_=monai.utils.run_cmd` is refused"):
-        config.instantiate_node(node, "model.net")
+        build(node, "model.net")
     assert not marker.exists()
 
 
@@ -180,7 +181,7 @@ def test_a_committed_allow_list_extends_names_but_not_kinds(config, user_error, 
 
 
 def test_a_factory_runs_only_when_a_commit_names_it_exactly_and_it_builds_the_slots_kind(
-    config, user_error, workdir: Path, run, monkeypatch: pytest.MonkeyPatch
+    build, config, user_error, workdir: Path, run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (workdir / "lab_nets.py").write_text(
         "import torch\n\n"
@@ -193,25 +194,25 @@ def test_a_factory_runs_only_when_a_commit_names_it_exactly_and_it_builds_the_sl
     monkeypatch.chdir(workdir)
     net = OmegaConf.create({"_target_": "lab_nets.tiny_net"})
     with pytest.raises(user_error, match=r"lab_nets.tiny_net` is refused: `_target_` may name only"):
-        config.instantiate_node(net, "model.net", in_channels=1, out_channels=2)
+        build(net, "model.net", in_channels=1, out_channels=2)
     conf = workdir / "conf" / "config.yaml"
     conf.write_text(conf.read_text().replace("allowed_targets: []", "allowed_targets: [lab_nets]"))
     commit(workdir, run)
     with pytest.raises(user_error, match=r"it is not a class.*named exactly in `allowed_targets`"):
-        config.instantiate_node(net, "model.net", in_channels=1, out_channels=2)
+        build(net, "model.net", in_channels=1, out_channels=2)
     conf.write_text(
         conf.read_text().replace("[lab_nets]", "[lab_nets, lab_nets.tiny_net, lab_nets.not_a_net]")
     )
     commit(workdir, run)
-    built = config.instantiate_node(net, "model.net", in_channels=1, out_channels=2)
+    built = build(net, "model.net", in_channels=1, out_channels=2)
     assert isinstance(built, torch.nn.Conv3d)
     wrong = OmegaConf.create({"_target_": "lab_nets.not_a_net"})
     with pytest.raises(user_error, match=r"`model.net` built a int, but `model.net` holds a network"):
-        config.instantiate_node(wrong, "model.net", in_channels=1, out_channels=2)
+        build(wrong, "model.net", in_channels=1, out_channels=2)
 
 
 def test_the_committed_allow_list_cannot_let_a_harmful_object_in(
-    config, user_error, workdir: Path, run, monkeypatch: pytest.MonkeyPatch
+    build, config, user_error, workdir: Path, run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = workdir / "conf" / "config.yaml"
     conf.write_text(conf.read_text().replace("allowed_targets: []", "allowed_targets: [monai.utils.run_cmd]"))
@@ -220,7 +221,7 @@ def test_the_committed_allow_list_cannot_let_a_harmful_object_in(
     marker = workdir / "marker"
     node = OmegaConf.create({"_target_": "monai.utils.run_cmd", "cmd_list": ["touch", str(marker)]})
     with pytest.raises(user_error, match=r"it runs a command"):
-        config.instantiate_node(node, "loss")
+        build(node, "loss")
     assert not marker.exists()
 
 

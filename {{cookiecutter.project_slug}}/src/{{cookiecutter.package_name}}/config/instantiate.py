@@ -1,4 +1,4 @@
-"""The `_target_` guard: config names classes to build, and only the repository's commits name code.
+"""Build objects from config, behind the `_target_` guard: only the repository's commits name code.
 
 Building a config node calls whatever its ``_target_`` resolves to. A name is not enough to
 trust: torch and MONAI themselves hold callables that run commands (``monai.utils.run_cmd``),
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from .. import PACKAGE
 from ..errors import UserError
@@ -217,3 +218,30 @@ def _refusal(source: str, key: str, target: str, identity: str, reason: str, slo
         f"{source}: `{key}._target_={target}` is refused{resolved}: it {reason}, and `{key}` holds "
         f"{slot.builds}. Set `{key}` to such a class in conf/ or with `dvc exp run -S`."
     )
+
+
+def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
+    """Build the object that config ``key`` describes (``_target_``; ``_partial_`` is called).
+
+    Every object built from config is built here, after the `_target_` guard above
+    has checked each target in the node against its slot, and its result is checked again.
+    A wrong class or argument, from conf/ or from `-S`, becomes an error naming the key.
+    """
+    from hydra.utils import instantiate
+
+    tree: object = OmegaConf.to_container(node)
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    check_objects(tree, committed_allowed_targets(Path.cwd()), f"building `{key}`")
+    try:
+        if node.get("_partial_", False):
+            built = instantiate(node)(*args, **kwargs)
+        else:
+            built = instantiate(node, *args, **kwargs)
+    except Exception as error:  # Hydra and the constructors raise many types
+        raise UserError(
+            f"Could not build `{key}` ({node.get('_target_')}): {error}. "
+            f"Fix `{key}` in conf/ or with `dvc exp run -S {key}...=...`."
+        ) from error
+    check_built(key, built)
+    return built

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
 from ..errors import UserError
-from . import instantiate as targets
+from . import instantiate
 
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
@@ -64,7 +64,9 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     _check_fresh(params, workdir)
     _check_types(params, path)
     check_code_and_paths(params, str(path))
-    targets.check_names(OmegaConf.to_container(params), targets.committed_allowed_targets(workdir), str(path))
+    instantiate.check_names(
+        OmegaConf.to_container(params), instantiate.committed_allowed_targets(workdir), str(path)
+    )
     return params
 
 
@@ -74,8 +76,8 @@ def check_buildable(params: DictConfig, workdir: Path, source: str | None = None
     The allow-list's extension is what ``workdir``'s commit holds; ``source`` names the params
     in messages (default: ``workdir``'s params.yaml).
     """
-    allowed = targets.committed_allowed_targets(workdir)
-    targets.check_objects(OmegaConf.to_container(params), allowed, source or str(workdir / PARAMS_FILE))
+    allowed = instantiate.committed_allowed_targets(workdir)
+    instantiate.check_objects(OmegaConf.to_container(params), allowed, source or str(workdir / PARAMS_FILE))
 
 
 def _check_fresh(params: DictConfig, workdir: Path) -> None:
@@ -127,7 +129,7 @@ def check_code_and_paths(params: DictConfig, path: str) -> None:
     DVC writes params.yaml resolved, so an interpolation in it (``${oc.env:...}``) came from
     elsewhere and could copy a secret into a logged param.
     """
-    for key, value in targets.leaves(OmegaConf.to_container(params, resolve=False)):
+    for key, value in instantiate.leaves(OmegaConf.to_container(params, resolve=False)):
         if isinstance(value, str) and "${" in value:
             raise UserError(
                 f"{path}: `{key}` holds an interpolation ({value}); params.yaml holds resolved values "
@@ -146,33 +148,6 @@ def check_code_and_paths(params: DictConfig, path: str) -> None:
             f"{path}: `data.dir={data_dir}` must be a folder inside the project, relative to it "
             "(e.g. data/raw); DVC tracks it as a dependency."
         )
-
-
-def instantiate_node(node: DictConfig, key: str, *args: object, **kwargs: object) -> object:
-    """Build the object that config ``key`` describes (``_target_``; ``_partial_`` is called).
-
-    Every object built from config is built here, after the `_target_` guard (config/instantiate.py)
-    has checked each target in the node against its slot, and its result is checked again.
-    A wrong class or argument, from conf/ or from `-S`, becomes an error naming the key.
-    """
-    from hydra.utils import instantiate
-
-    tree: object = OmegaConf.to_container(node)
-    for part in reversed(key.split(".")):
-        tree = {part: tree}
-    targets.check_objects(tree, targets.committed_allowed_targets(Path.cwd()), f"building `{key}`")
-    try:
-        if node.get("_partial_", False):
-            built = instantiate(node)(*args, **kwargs)
-        else:
-            built = instantiate(node, *args, **kwargs)
-    except Exception as error:  # Hydra and the constructors raise many types
-        raise UserError(
-            f"Could not build `{key}` ({node.get('_target_')}): {error}. "
-            f"Fix `{key}` in conf/ or with `dvc exp run -S {key}...=...`."
-        ) from error
-    targets.check_built(key, built)
-    return built
 
 
 def resolved_params(params: DictConfig) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.params import instantiate_node
+from ..config.instantiate import instantiate_node
 from ..data.msd import MsdDataset
 
 

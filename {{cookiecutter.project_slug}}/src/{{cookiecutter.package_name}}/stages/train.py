@@ -20,7 +20,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from ..config.params import instantiate_node
+from ..config.instantiate import instantiate_node
 from ..data import planning
 from ..data.loaders import cache_choice, eval_loader, read_plan, train_loader
 from ..data.msd import read_msd
