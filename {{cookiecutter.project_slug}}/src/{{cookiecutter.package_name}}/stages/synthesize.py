@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data.synthetic import create_test_image_3d
 from omegaconf import DictConfig
 
+from ..data.synthetic import spheres
 from ..paths import SYNTHETIC
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,8 @@ def run(params: DictConfig, workdir: Path) -> None:
     random_state = np.random.RandomState(params.seed)
     training = []
     for index in range(spec.num_cases):
-        image, label = create_test_image_3d(
-            spec.size,
-            spec.size,
-            spec.size,
-            num_objs=spec.num_objects,
-            rad_min=spec.radius[0],
-            rad_max=spec.radius[1],
-            noise_max=spec.noise,
-            num_seg_classes=spec.num_classes,
-            random_state=random_state,
+        image, label = spheres(
+            spec.size, spec.num_objects, tuple(spec.radius), spec.noise, spec.num_classes, random_state
         )
         name = f"case_{index:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), out / "imagesTr" / name)
