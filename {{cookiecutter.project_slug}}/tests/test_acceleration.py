@@ -28,11 +28,6 @@ def test_on_the_cpu_every_gpu_option_is_off(package_module) -> None:
     assert fast.inputs(image).is_contiguous()
 
 
-def test_an_unknown_amp_dtype_is_refused_on_any_device(package_module, user_error) -> None:
-    with pytest.raises(user_error, match="trainer.amp_dtype must be one of auto, bfloat16, float16"):
-        resolve(package_module, torch.device("cpu"), "trainer.amp_dtype=bf16")
-
-
 @pytest.mark.parametrize(
     "cache, size_mb, expected",
     [("auto", 10, "memory"), ("auto", 10_000, "disk"), ("disk", 10, "disk"), ("memory", 10_000, "memory")],

@@ -107,7 +107,7 @@ def test_wrong_type_names_the_key(config, user_error, workdir: Path, key: str, v
     with pytest.raises(user_error) as raised:
         config.load_params(workdir)
     message = str(raised.value)
-    assert f"`{key}`" in message
+    assert f"`{key}=" in message and "dvc exp run -S" in message
     assert str(path) in message
 
 
@@ -117,7 +117,7 @@ def test_wrong_type_names_the_key(config, user_error, workdir: Path, key: str, v
 )
 def test_out_of_range_value_names_the_key(config, user_error, workdir: Path, key: str, value: object) -> None:
     set_param(workdir, key, value)
-    with pytest.raises(user_error, match=f"`{key}`"):
+    with pytest.raises(user_error, match=f"`{key}="):
         config.load_params(workdir)
 
 

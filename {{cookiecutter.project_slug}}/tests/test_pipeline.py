@@ -151,6 +151,23 @@ def test_a_crafted_target_stops_before_anything_is_built(
 
 
 @pytest.mark.slow
+def test_a_typo_stops_the_run_before_any_data_stage(workspace: Path, run: Run) -> None:
+    params = workspace / "params.yaml"
+    original = params.read_text()
+    typo = ["-S", "tracking.champion_mode=maximum"]
+    try:
+        result = run([sys.executable, "-m", "dvc", "exp", "run", *typo], workspace, check=False)
+    finally:
+        params.write_text(original)
+        run([sys.executable, "-m", "dvc", "checkout", "--force"], workspace)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "`tracking.champion_mode=maximum` is not allowed: it must be one of max, min" in output
+    assert "`dvc exp run -S tracking.champion_mode=max`" in output
+    assert "'synthesize'" not in output and "'preprocess'" not in output
+
+
+@pytest.mark.slow
 def test_runs_show_their_data_as_mlflow_datasets_and_describe_themselves(workspace: Path) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(_experiment_name(workspace)).experiment_id

@@ -72,11 +72,6 @@ def test_window_normalization_is_the_explicit_window(planning) -> None:
     assert resolved == {"kind": "window", "a_min": -175.0, "a_max": 250.0}
 
 
-def test_unknown_normalization_is_named(planning, user_error) -> None:
-    with pytest.raises(user_error, match="data.normalization"):
-        planning.normalization(data(normalization="minmax"), fingerprint([(1, 1, 1)]))
-
-
 def test_auto_patch_fits_the_budget_in_multiples_of_sixteen(planning) -> None:
     patch = planning.patch_size("auto", [200, 180, 70], voxel_budget=96**3)
     assert math.prod(patch) <= 96**3

@@ -54,11 +54,6 @@ def test_wandb_runs_offline_with_the_same_record(written: dict) -> None:
         assert expected.encode() in record, expected
 
 
-def test_an_unknown_sink_is_refused(package_module, user_error) -> None:
-    with pytest.raises(user_error, match="unknown sink 'neptune'"):
-        package_module("lab.sinks").Sinks(["neptune"], "run", RUN_ID, PARAMS, TAGS)
-
-
 @pytest.mark.slow
 def test_an_experiment_with_both_sinks_writes_them_for_train_and_evaluate(
     tmp_path_factory: pytest.TempPathFactory, copy_project, exp_run

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
 from ..errors import UserError
-from . import instantiate
+from . import instantiate, schema
 
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
@@ -19,19 +19,6 @@ FINGERPRINT_KEY = "conf_sha256"
 # The train stage's command starts with trainer.launcher (dvc.yaml), so it names code: only
 # python, or torchrun with its own --options, never a shell.
 LAUNCHER = re.compile(r"(python|torchrun( --[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/-]+)?)*)")
-REQUIRED_KEYS = {
-    "seed": int,
-    "lr": float,
-    "epochs": int,
-    "batch_size": int,
-    "patch_voxels": int,
-    "data": dict,
-    "model": dict,
-    "trainer": dict,
-    "optimizer": dict,
-    "loss": dict,
-    "tracking": dict,
-}
 
 
 def repo_root() -> Path:
@@ -62,8 +49,8 @@ def load_params(workdir: Path | None = None) -> DictConfig:
     if not isinstance(params, DictConfig):
         raise UserError(f"{path} must be a mapping of keys to values; recompose it with `dvc exp run`.")
     _check_fresh(params, workdir)
-    _check_types(params, path)
     check_code_and_paths(params, str(path))
+    schema.check(params, str(path))
     instantiate.check_names(
         OmegaConf.to_container(params), instantiate.committed_allowed_targets(workdir), str(path)
     )
@@ -88,38 +75,6 @@ def _check_fresh(params: DictConfig, workdir: Path) -> None:
             f"{PARAMS_FILE} is stale: it was composed from a different conf/ "
             f"({FINGERPRINT_KEY} {str(recorded)[:12]} != conf/ {current[:12]}). "
             "`dvc repro` does not recompose Hydra config; run `dvc exp run` instead."
-        )
-
-
-def _check_types(params: DictConfig, path: Path) -> None:
-    for key, expected in REQUIRED_KEYS.items():
-        if key not in params:
-            raise UserError(f"{path}: key `{key}` is missing; add it to conf/config.yaml.")
-        value = OmegaConf.to_object(params[key]) if OmegaConf.is_config(params[key]) else params[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise UserError(
-                f"{path}: `{key}` must be {expected.__name__}, got {value!r}; "
-                f"fix it with `dvc exp run -S {key}=...` or in conf/."
-            )
-    for key in ("epochs", "batch_size", "patch_voxels"):
-        if params[key] < 1:
-            raise UserError(f"{path}: `{key}` must be at least 1, got {params[key]}.")
-    if not params.lr > 0:
-        raise UserError(f"{path}: `lr` must be positive, got {params.lr}.")
-    if "patch_size" not in params:
-        raise UserError(f"{path}: key `patch_size` is missing; add it to conf/config.yaml.")
-    patch = params.patch_size
-    patch = list(patch) if OmegaConf.is_config(patch) else patch
-    if patch != "auto" and (
-        not isinstance(patch, list)
-        or len(patch) != 3
-        or not all(isinstance(edge, int) and not isinstance(edge, bool) and edge > 0 for edge in patch)
-    ):
-        raise UserError(
-            f"{path}: `patch_size` must be auto or three positive integers (voxels), got {patch}; "
-            "e.g. -S 'patch_size=[64,64,64]'."
         )
 
 

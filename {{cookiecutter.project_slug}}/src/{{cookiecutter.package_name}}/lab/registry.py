@@ -21,7 +21,6 @@ from . import tracking
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-MODES = ("max", "min")
 # Run tags that describe the run itself rather than what produced the model.
 RUN_ONLY_TAGS = ("stage",)
 
@@ -41,8 +40,6 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         log.info("Not registering: this run reproduces %s", os.environ[tracking.REPRODUCES_VARIABLE])
         return
     metric, mode = settings.champion_metric, settings.champion_mode
-    if mode not in MODES:
-        raise UserError(f"tracking.champion_mode must be max or min, got {mode!r}; see conf/config.yaml.")
     if metric not in metrics:
         raise UserError(
             f"tracking.champion_metric={metric!r} is not a test metric; use one of "

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from ..errors import UserError
-
-AMP_DTYPES = ("auto", "bfloat16", "float16")
-
 
 @dataclass(frozen=True)
 class Acceleration:
@@ -26,10 +22,6 @@ class Acceleration:
 
     @classmethod
     def resolve(cls, trainer: DictConfig, device: torch.device) -> Acceleration:
-        if trainer.amp_dtype not in AMP_DTYPES:  # checked on the CPU too, so that a typo shows at once
-            raise UserError(
-                f"trainer.amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {trainer.amp_dtype!r}."
-            )
         cuda = device.type == "cuda"
         return cls(
             device=device,

@@ -31,8 +31,6 @@ def select_device(trainer: DictConfig, local_rank: int = 0) -> torch.device:
     Under torchrun, process ``local_rank`` takes the GPU of that index.
     """
     choice = trainer.accelerator
-    if choice not in ("auto", "cpu", "cuda"):
-        raise UserError(f"trainer.accelerator must be auto, cpu or cuda, got {choice!r}.")
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.accelerator=cuda but no CUDA GPU is visible; use -S trainer=auto.")
     use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())

@@ -27,14 +27,12 @@ from monai.data import Dataset
 from omegaconf import DictConfig
 
 from ..config.params import resolved_params
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted
 from ..lab import provenance
 from ..paths import PROCESSED
 from .engine import save_checkpoint
 
 log = logging.getLogger(__name__)
-
-RESUME_CHOICES = ("auto", "never")
 
 
 @contextlib.contextmanager
@@ -73,10 +71,6 @@ def inputs_sha256(params: DictConfig, workdir: Path) -> str:
 
 def load(path: Path, params: DictConfig, inputs: str, device: torch.device) -> dict | None:
     """The saved state to continue from, or None to start at epoch 1."""
-    if params.train.resume not in RESUME_CHOICES:
-        raise UserError(
-            f"train.resume must be one of {', '.join(RESUME_CHOICES)}, got {params.train.resume!r}."
-        )
     if params.train.resume == "never" or not path.exists():
         return None
     state = torch.load(path, map_location=device, weights_only=True)
