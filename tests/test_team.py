@@ -38,7 +38,7 @@ from servers import Postgres, S3Store, Service, free_port
 pytestmark = pytest.mark.slow
 
 DVC_BUCKET, ARTIFACT_BUCKET = "lab-dvc-store", "lab-mlflow-artifacts"
-PROVENANCE_TAGS = ("git.commit", "git.dirty", "code.sha256", "params.sha256", "seed")
+PROVENANCE_TAGS = ("git.commit", "git.dirty", "code.train.md5", "params.sha256", "seed")
 PROVENANCE_TAGS += ("dvc.exp_name", "dvc.baseline_rev", "data.processed.md5")
 ADMIN = ("lab-admin", "team-admin-pw-5e0c2b")
 MEMBER = ("lab-member", "team-member-pw-9a41d7")

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture
 def progress(package_module):
-    return package_module("lab.progress")
+    return package_module("progress")
 
 
 def test_a_terminal_gets_a_bar_with_rate_and_eta(progress, monkeypatch, capsys) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,36 +189,62 @@ def test_data_tags_without_any_dvc_record(provenance, user_error, tmp_path: Path
 
 @pytest.fixture
 def project_copy(project_root: Path, tmp_path: Path) -> Path:
-    """The files the code hash reads (src/, dvc.yaml) and conf/, copied to tmp_path."""
+    """What a stage's code identity reads (src/, dvc.yaml, params.yaml, .dvcignore) as a DVC repo."""
     ignore = shutil.ignore_patterns("__pycache__", ".ruff_cache", "*.egg-info", ".pytest_cache")
     shutil.copytree(project_root / "src", tmp_path / "src", ignore=ignore)
     shutil.copytree(project_root / "conf", tmp_path / "conf")
-    shutil.copy2(project_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy2(project_root / name, tmp_path / name)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
     return tmp_path
 
 
-def test_code_hash_follows_python_sources(provenance, pkg, project_copy: Path) -> None:
-    before = provenance.code_sha256(project_copy)
-    engine = project_copy / "src" / pkg.__name__ / "training" / "engine.py"
-    engine.write_text(engine.read_text() + "\n# changed\n")
-    assert provenance.code_sha256(project_copy) != before
+def code_md5s(provenance, workdir: Path) -> dict[str, str]:
+    stages = ("synthesize", "fingerprint", "preprocess", "train", "evaluate")
+    return {stage: provenance.code_md5(provenance.stage_code(workdir, stage)) for stage in stages}
 
 
-def test_code_hash_follows_dvc_yaml(provenance, project_copy: Path) -> None:
-    before = provenance.code_sha256(project_copy)
-    dvc_yaml = project_copy / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text() + "\n")
-    assert provenance.code_sha256(project_copy) != before
+def test_a_stages_code_is_its_code_deps_as_dvc_hashes_them(provenance, pkg, project_copy: Path) -> None:
+    code = provenance.stage_code(project_copy, "train")
+    package = f"src/{pkg.__name__}"
+    assert {f"{package}/training", f"{package}/stages/train.py", f"{package}/data"} <= set(code)
+    assert not any(dep.startswith(f"{package}/lab") for dep in code)  # the plumbing is no part of it
+    cli = project_copy / package / "cli.py"
+    assert code[f"{package}/cli.py"] == hashlib.md5(cli.read_bytes()).hexdigest()
+    assert code[f"{package}/training"].endswith(".dir")
 
 
-def test_code_hash_ignores_conf_and_bytecode(provenance, pkg, project_copy: Path) -> None:
-    before = provenance.code_sha256(project_copy)
+@pytest.mark.parametrize(
+    ("edited", "changed"),
+    [
+        ("lab/doctor.py", set()),
+        ("lab/tracking.py", set()),
+        ("evaluation/overlays.py", {"evaluate"}),
+        ("stages/evaluate.py", {"evaluate"}),
+        ("training/engine.py", {"train", "evaluate"}),
+        ("model/networks.py", {"train", "evaluate"}),
+        ("data/transforms.py", {"preprocess", "train", "evaluate"}),
+        ("data/synthetic.py", {"synthesize", "train", "evaluate"}),
+    ],
+)
+def test_an_edit_changes_the_code_of_exactly_the_stages_that_run_it(
+    provenance, pkg, project_copy: Path, edited: str, changed: set[str]
+) -> None:
+    before = code_md5s(provenance, project_copy)
+    path = project_copy / "src" / pkg.__name__ / edited
+    path.write_text(path.read_text() + "\n# changed\n")
+    after = code_md5s(provenance, project_copy)
+    assert {stage for stage in before if before[stage] != after[stage]} == changed
+
+
+def test_code_identity_ignores_conf_and_bytecode(provenance, pkg, project_copy: Path) -> None:
+    before = code_md5s(provenance, project_copy)
     config_yaml = project_copy / "conf" / "config.yaml"
     config_yaml.write_text(config_yaml.read_text().replace("epochs: 20", "epochs: 21", 1))
-    cache = project_copy / "src" / pkg.__name__ / "__pycache__"
+    cache = project_copy / "src" / pkg.__name__ / "training" / "__pycache__"
     cache.mkdir(exist_ok=True)
-    (cache / "stray.py").write_text("x = 1\n")
-    assert provenance.code_sha256(project_copy) == before
+    (cache / "stray.cpython-311.pyc").write_bytes(b"\x00")
+    assert code_md5s(provenance, project_copy) == before
 
 
 def git(workdir: Path, *args: str) -> str:

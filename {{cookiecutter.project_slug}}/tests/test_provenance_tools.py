@@ -62,7 +62,7 @@ def test_verify_matches_the_workspace_run(workspace: Path, cli) -> None:
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stdout + result.stderr
     checked = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("match")}
-    assert {"git.commit", "code.sha256", "params.sha256", "data.processed.md5"} <= checked
+    assert {"git.commit", "code.evaluate.md5", "params.sha256", "data.processed.md5"} <= checked
     print(f"verify took {seconds:.1f} s")
 
 
@@ -84,7 +84,7 @@ def test_verify_accepts_a_later_commit_with_the_same_sources(
     run(["git", "commit", "--quiet", "--all", "-m", "Change evaluate"], clone)
     result = cli(clone, "verify")
     assert result.returncode == 1
-    assert mismatches(result) == {"git.commit", "code.sha256"}
+    assert mismatches(result) == {"git.commit", "code.evaluate.md5"}
 
 
 def test_one_voxel_changes_only_the_data_hash(workspace: Path, cli, run) -> None:
@@ -120,7 +120,7 @@ def test_one_line_of_stage_code_changes_only_the_code_hash(workspace: Path, cli)
     try:
         result = cli(workspace, "verify")
         assert result.returncode == 1
-        assert mismatches(result) == {"code.sha256", "git.dirty"}
+        assert mismatches(result) == {"code.evaluate.md5", "git.dirty"}
     finally:
         stage.write_text(original)
 

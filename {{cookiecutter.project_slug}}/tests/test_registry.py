@@ -27,7 +27,7 @@ THREADS = 1
 CONTRACT_TAGS = (
     "git.commit",
     "git.dirty",
-    "code.sha256",
+    "code.evaluate.md5",
     "params.sha256",
     "seed",
     "dvc.exp_name",

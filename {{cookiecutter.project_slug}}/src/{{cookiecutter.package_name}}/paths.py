@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The package's import name: `python -m PACKAGE` runs the command line, and its logger is the project's.
+PACKAGE = __package__
 SYNTHETIC = Path("data/synthetic")
 FINGERPRINT = Path("data/fingerprint.json")
 PROCESSED = Path("data/processed")

@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .. import PACKAGE
 from ..errors import UserError
+from ..paths import PACKAGE
 
 TRUSTED_MODULES = ("torch", "monai", PACKAGE)
 ALLOWED_KEY = "allowed_targets"

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-from ..lab.progress import track
+from ..progress import track
 
 Case = TypeVar("Case")
 Result = TypeVar("Result")

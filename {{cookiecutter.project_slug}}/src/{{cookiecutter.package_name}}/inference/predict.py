@@ -28,10 +28,10 @@ from omegaconf import OmegaConf
 from ..config.params import PARAMS_FILE, repo_root
 from ..data.transforms import preprocess_transforms
 from ..errors import UserError
-from ..lab.progress import track
 from ..lab.registry import CHAMPION, logged_model
 from ..lab.tracking import tracking_uri
 from ..model.networks import model_from_card
+from ..progress import track
 from ..training import engine
 from ..training.acceleration import Acceleration
 

@@ -14,20 +14,47 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig
 
-from hydra_plugins.conf_fingerprint.hashing import sha256_of_files
-
+from ..config.params import resolved_params
 from ..errors import UserError
 
-# Sources whose change changes what the stages compute. conf/ is left out of the code hash
-# because its effect reaches results only through the params, which are hashed on their own.
-CODE_GLOBS = ("src/**/*.py", "dvc.yaml")
+# A stage's code: its deps in dvc.yaml under src/ (the science it imports, its stage module, the
+# entry point), not the plumbing in lab/ and not conf/ (whose effect is the params, hashed apart).
+CODE_ROOT = "src"
 DIRTY_PATHS = ("src", "dvc.yaml", "conf")
 
 
-def code_sha256(workdir: Path) -> str:
-    files = [path for pattern in CODE_GLOBS for path in workdir.glob(pattern)]
-    return sha256_of_files(workdir, (f for f in files if "__pycache__" not in f.parts))
+def stage_code(workdir: Path, stage: str) -> dict[str, str]:
+    """``stage``'s code deps and their md5s, as DVC computes them for dvc.lock (``.dir`` for folders).
+
+    DVC's own hashing, through its API, so that the record and dvc.lock always agree.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        # A full target: a bare stage name is looked up in the dvc.yaml of the current directory.
+        (dvc_stage,) = repo.stage.collect(f"{workdir.resolve() / 'dvc.yaml'}:{stage}")
+        return {
+            dep.def_path: dep.get_hash().value
+            for dep in dvc_stage.deps
+            if Path(dep.def_path).parts[0] == CODE_ROOT
+        }
+
+
+def code_md5(code: dict[str, str]) -> str:
+    """One md5 for a stage's code: of its deps' md5s, in the canonical JSON of :func:`stage_code`."""
+    return hashlib.md5(json.dumps(code, sort_keys=True).encode()).hexdigest()
+
+
+def inputs_sha256(params: DictConfig, workdir: Path, stage: str, data_paths: list[str]) -> str:
+    """What a stage's result depends on, in one value: its code, the params and its input data."""
+    parts = [
+        code_md5(stage_code(workdir, stage)),
+        params_sha256(resolved_params(params)),
+        *(str(md5) for md5 in dvc_md5s(workdir, data_paths).values()),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def params_sha256(resolved: dict) -> str:
@@ -54,6 +81,20 @@ def is_ancestor(workdir: Path, ancestor: str, commit: str) -> bool:
         ["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=workdir, capture_output=True
     )
     return result.returncode == 0
+
+
+def changed_since(workdir: Path, commit: str, folder: str) -> list[str]:
+    """Files under ``folder`` that differ from ``commit`` or are new; [] when git cannot tell."""
+    diff = subprocess.run(
+        ["git", "diff", "--name-only", "--relative", commit, "--", folder],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    if not commit or diff.returncode != 0:
+        return []
+    new = git(workdir, "ls-files", "--others", "--exclude-standard", "--", folder)
+    return sorted({*diff.stdout.split(), *new.split()})
 
 
 def git_dirty(workdir: Path) -> bool:

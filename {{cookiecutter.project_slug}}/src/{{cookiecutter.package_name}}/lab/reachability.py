@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .. import PACKAGE
 from ..errors import UserError
+from ..paths import PACKAGE
 
 # How long one probe of the server may take; MLflow's own requests wait up to 120 s each.
 PROBE_SECONDS = 10

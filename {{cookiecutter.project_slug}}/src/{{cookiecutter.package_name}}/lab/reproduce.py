@@ -57,7 +57,7 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
         worktree = checkout / provenance.git(root, "rev-parse", "--show-prefix")
         try:
             _restore_params(worktree, run_id, tags["params.sha256"], Path(scratch))
-            _check_code(worktree, tags["code.sha256"], run_id)
+            _check_code(worktree, stage, tags, run_id)
             _share_dvc_setup(root, worktree)
             _pin_md5s(worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
             _checkout(worktree, STAGE_INPUTS[stage])
@@ -143,12 +143,13 @@ def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: 
     (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
 
 
-def _check_code(worktree: Path, recorded_sha256: str, run_id: str) -> None:
+def _check_code(worktree: Path, stage: str, tags: dict[str, str], run_id: str) -> None:
     """Refuse to re-run other code than the run's: e.g. a run from an uncommitted tree."""
-    if provenance.code_sha256(worktree) != recorded_sha256:
+    recorded = tags.get(f"code.{stage}.md5", "?")
+    if provenance.code_md5(provenance.stage_code(worktree, stage)) != recorded:
         raise UserError(
-            f"The code of run {run_id} (code.sha256 {recorded_sha256[:12]}) is in neither its "
-            "experiment commit nor its git.commit: it ran on uncommitted changes. Commit the code "
+            f"The code of run {run_id}'s {stage} stage (code.{stage}.md5 {recorded[:12]}) is in neither "
+            "its experiment commit nor its git.commit: it ran on uncommitted changes. Commit the code "
             "that produced it (or `dvc exp apply` its experiment) to make it reproducible."
         )
 

@@ -19,9 +19,9 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from .. import PACKAGE
 from ..config.params import repo_root, resolved_params
 from ..errors import UserError
+from ..paths import PACKAGE
 from . import provenance, reachability
 from .dataset_records import log_dvc_inputs
 from .sinks import Sinks
@@ -106,11 +106,14 @@ def _get_or_create_experiment(name: str, uri: str, root: Path) -> str:
         return client.get_experiment_by_name(name).experiment_id  # created meanwhile elsewhere
 
 
-def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str]) -> dict[str, str]:
+def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str], stage: str) -> dict[str, str]:
+    code = provenance.stage_code(workdir, stage)
     tags = {
         "git.commit": provenance.git_commit(workdir),
         "git.dirty": str(provenance.git_dirty(workdir)).lower(),
-        "code.sha256": provenance.code_sha256(workdir),
+        # The stage's own code, as dvc.lock records it; its deps name a changed file in `verify`.
+        f"code.{stage}.md5": provenance.code_md5(code),
+        f"code.{stage}.deps": json.dumps(code, sort_keys=True),
         "params.sha256": provenance.params_sha256(resolved_params(params)),
         "seed": str(params.seed),
         # false trades bitwise repeatability for speed (cudnn.benchmark); see trainer.deterministic
@@ -147,7 +150,7 @@ def start_run(
     global _extra_sinks
     root = repo_root()
     experiment_id = connect(params.tracking.experiment_name, root)
-    tags = {"stage": stage, **provenance_tags(params, workdir, data_paths)}
+    tags = {"stage": stage, **provenance_tags(params, workdir, data_paths, stage)}
     if parent_run_id:
         # A tag rather than start_run(parent_run_id=...): the parent has already finished.
         tags["mlflow.parentRunId"] = parent_run_id

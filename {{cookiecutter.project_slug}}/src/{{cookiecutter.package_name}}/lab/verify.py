@@ -44,19 +44,67 @@ def latest_run_id(workdir: Path) -> str:
 
 
 def provenance_checks(tags: dict[str, str], workdir: Path) -> list[Check]:
-    """Recompute git state, code, params and each recorded data md5 in ``workdir``."""
+    """Recompute git state, the code of the run's stage, params and each data md5 in ``workdir``."""
     params = resolved_params(load_params(workdir))
     checks = [
         Check("git.commit", tags.get("git.commit", "?"), provenance.git_commit(workdir)),
         Check("git.dirty", tags.get("git.dirty", "?"), str(provenance.git_dirty(workdir)).lower()),
-        Check("code.sha256", tags.get("code.sha256", "?"), provenance.code_sha256(workdir)),
+        _code_check(tags, workdir),
         Check("params.sha256", tags.get("params.sha256", "?"), provenance.params_sha256(params)),
     ]
     inputs = provenance.recorded_inputs(tags)
     current = provenance.dvc_md5s(workdir, [path for _, path, _ in inputs])
     for tag, path, md5 in inputs:
         checks.append(Check(tag, md5, current[path] or f"missing ({path}; try `dvc pull`)"))
-    return _accept_descendant(checks, workdir)
+    return _accept_clean_stage_code(_accept_descendant(checks, workdir))
+
+
+def _code_check(tags: dict[str, str], workdir: Path) -> Check:
+    """The run's stage's code now against its record; a difference names the files that changed."""
+    stage = tags.get("stage", "?")
+    item = f"code.{stage}.md5"
+    code = provenance.stage_code(workdir, stage)
+    current = provenance.code_md5(code)
+    recorded = tags.get(item, "?")
+    if recorded == current:
+        return Check(item, recorded, current)
+    changed = changed_code_files(json.loads(tags.get(f"code.{stage}.deps", "{}")), code, tags, workdir)
+    return Check(item, recorded, f"{current} (changed: {', '.join(changed) or 'the deps themselves'})")
+
+
+def changed_code_files(
+    recorded: dict[str, str], current: dict[str, str], tags: dict[str, str], workdir: Path
+) -> list[str]:
+    """The files behind the deps whose md5 differs: a file itself, or what changed in a folder
+    since the run's commit (git), or the folder when git cannot say."""
+    changed = []
+    for dep in sorted(set(recorded) | set(current)):
+        if recorded.get(dep) == current.get(dep):
+            continue
+        if not (workdir / dep).is_dir():
+            changed.append(dep)
+            continue
+        inside = provenance.changed_since(workdir, tags.get("git.commit", ""), dep)
+        changed += inside or [dep]
+    return changed
+
+
+def _accept_clean_stage_code(checks: list[Check]) -> list[Check]:
+    """A tree dirty only outside the stage's code (plumbing, another stage) computes the same.
+
+    git.dirty covers all sources; when the stage's code, params and data all match, a dirty
+    file elsewhere (a fix in lab/, an edit of evaluate code against a train run) is no mismatch.
+    """
+    commit, dirty, *others = checks
+    if dirty.matches or not all(check.matches for check in others):
+        return checks
+    if dirty.recorded != "false":
+        return checks
+    return [
+        commit,
+        Check(dirty.item, dirty.recorded, dirty.current, "only outside this stage's code"),
+        *others,
+    ]
 
 
 def _accept_descendant(checks: list[Check], workdir: Path) -> list[Check]:
@@ -66,13 +114,13 @@ def _accept_descendant(checks: list[Check], workdir: Path) -> list[Check]:
     then `git commit`), so a colleague's clone sits on a later commit than the one recorded.
     The code, params and data hashes decide whether that later commit still computes the same.
     """
-    commit, *others = checks
+    commit, dirty, *others = checks
     if commit.matches or not all(check.matches for check in others):
         return checks
     if not provenance.is_ancestor(workdir, commit.recorded, commit.current):
         return checks
     note = f"descendant of {commit.recorded[:12]}, sources unchanged"
-    return [Check(commit.item, commit.recorded, commit.current, note), *others]
+    return [Check(commit.item, commit.recorded, commit.current, note), dirty, *others]
 
 
 def environment_warnings(tags: dict[str, str]) -> list[str]:

@@ -16,14 +16,14 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import AsDiscrete
 from omegaconf import DictConfig
 
+from .. import lab
 from ..data import planning
 from ..data.loaders import eval_loader, read_plan
 from ..data.msd import read_msd
 from ..evaluation.overlays import OverlaySlice, ranked_picks, save_overlay
-from ..lab import registry, tracking
-from ..lab.progress import track
 from ..model.networks import build_model
 from ..paths import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
+from ..progress import track
 from ..training.acceleration import Acceleration
 from ..training.engine import configure_runtime, predict, select_device
 
@@ -82,7 +82,7 @@ def run(params: DictConfig, workdir: Path) -> None:
             workdir / REPORTS / "overlays" / f"{role}-{case}.png", views[case], dataset.foreground, title
         )
 
-    with tracking.start_run(
+    with lab.start_run(
         params,
         "evaluate",
         workdir,
@@ -90,12 +90,12 @@ def run(params: DictConfig, workdir: Path) -> None:
         parent_run_id=train_run_id,
         resolved={"resolved.patch_size": planning.describe(patch)},
     ) as run:
-        tracking.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
+        lab.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
         (workdir / REPORTS).mkdir(parents=True, exist_ok=True)  # also when evaluate.overlays is 0
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
-        registry.register(params, train_run_id, run.info.run_id, metrics)
-        tracking.write_run_metrics(workdir / EVALUATE_METRICS, run.info.run_id, metrics)
+        lab.register(params, train_run_id, run.info.run_id, metrics)
+        lab.write_run_metrics(workdir / EVALUATE_METRICS, run.info.run_id, metrics)
     dice_mean = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
     log.info("Test dice_mean %s (%d cases), run %s", dice_mean, len(rows), run.info.run_id)
 

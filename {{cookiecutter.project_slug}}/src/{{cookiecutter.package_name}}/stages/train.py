@@ -1,5 +1,8 @@
 """Stage train: fit the configured network on the training split; log it all to MLflow.
 
+It reads top to bottom: :func:`_setup` builds what the loop needs, :func:`_fit` runs the epochs,
+:func:`_finish` writes what DVC and MLflow keep.
+
 Stopped by SIGTERM or SIGINT, it saves a resumable checkpoint, marks its MLflow run KILLED and
 exits non-zero; the next run of the same experiment resumes (see resume.py).
 """
@@ -12,6 +15,8 @@ import logging
 import resource
 import shutil
 import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -20,15 +25,15 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
+from .. import lab
 from ..config.instantiate import instantiate_node
 from ..data import planning
 from ..data.loaders import cache_choice, eval_loader, read_plan, train_loader
-from ..data.msd import read_msd
+from ..data.msd import MsdDataset, read_msd
 from ..errors import Interrupted
-from ..lab import tracking
-from ..lab.progress import logs_above_bars, track
 from ..model.networks import build_model, model_card
 from ..paths import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, TRAIN_METRICS
+from ..progress import logs_above_bars, track
 from ..training import distributed, resume
 from ..training.acceleration import Acceleration
 from ..training.engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
@@ -36,23 +41,75 @@ from ..training.engine import configure_runtime, save_checkpoint, select_device,
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Progress:
+    """What the finished epochs produced; a resume checkpoint holds it, and a resumed run restores it."""
+
+    epoch: int = 0
+    losses: list[dict] = field(default_factory=list)  # {"epoch", "train_loss"} per epoch
+    dices: list[dict] = field(
+        default_factory=list
+    )  # {"epoch", "val_dice", "val_dice_<class>"...} per validation
+    best_dice: float = -1.0
+    best_epoch: int = 0
+
+
+@dataclass
+class Fit:
+    """The objects the epoch loop works on, built once by :func:`_setup`."""
+
+    net: torch.nn.Module  # the network itself: validation, checkpoints, the logged model
+    model: torch.nn.Module  # what the loop calls: the network, wrapped for DDP and prepared for AMP
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    scaler: torch.amp.GradScaler
+    acceleration: Acceleration
+    train_data: Iterable
+    val_data: Iterable
+    dataset: MsdDataset
+    plan: dict
+    patch: list[int]
+    card: dict
+    progress: Progress
+    resumed_from: str | None  # the stopped run this one continues
+    inputs_sha256: str
+
+
 def run(params: DictConfig, workdir: Path) -> None:
     device = select_device(params.trainer, distributed.local_rank())
     ranks = distributed.init(device)
     try:
         with resume.stop_on_signals():
-            _train(params, workdir, device, ranks)
+            fit = _setup(params, workdir, device, ranks)
+            # Rank 0 alone logs and writes checkpoints.
+            inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
+            resolved = _resolved(params, fit.plan, fit.patch, device) | fit.acceleration.resolved()
+            resolved["resolved.world_size"] = str(ranks.world_size)
+            tracked = (
+                lab.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
+            )
+            with tracked or contextlib.nullcontext() as mlflow_run, logs_above_bars():
+                started = time.perf_counter()
+                # From process start to the first batch: imports, device, caches, the MLflow run.
+                startup_seconds = time.time() - psutil.Process().create_time()
+                _fit(params, workdir, fit, ranks, mlflow_run)
+                if ranks.is_main:
+                    seconds = {
+                        "train_seconds": time.perf_counter() - started,
+                        "startup_seconds": startup_seconds,
+                    }
+                    _finish(params, workdir, fit, mlflow_run, seconds, device)
     finally:
         distributed.shutdown(ranks)
 
 
-def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distributed.Ranks) -> None:
+def _setup(params: DictConfig, workdir: Path, device: torch.device, ranks: distributed.Ranks) -> Fit:
+    """The network, optimizer, loss and loaders, continued from a stopped run when there is one."""
     # Each process its own seed, for its own random crops; DDP copies rank 0's initial weights.
     configure_runtime(params.trainer, params.seed + ranks.rank)
     acceleration = Acceleration.resolve(params.trainer, device)
     processed = workdir / PROCESSED
-    dataset = read_msd(processed)
-    plan = read_plan(processed)
+    dataset, plan = read_msd(processed), read_plan(processed)
     patch = planning.patch_size(params.patch_size, plan["median_shape"], params.patch_voxels)
     log.info(
         "Patch %s voxels (patch_size=%s, patch_voxels=%d)",
@@ -60,158 +117,166 @@ def _train(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         params.patch_size,
         params.patch_voxels,
     )
-    card = model_card(params.model, dataset, plan["preprocessing"], patch)
-    inputs_sha256 = resume.inputs_sha256(params, workdir)
+    inputs_sha256 = lab.inputs_sha256(params, workdir, "train", [str(PROCESSED)])
     saved = resume.load(workdir / RESUME_CHECKPOINT, params, inputs_sha256, device)
     net = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
     if saved:
         net.load_state_dict(saved["model"])  # before DDP, which copies rank 0's weights to all
     wrapped = distributed.wrap(net, ranks, device)
-    net = distributed.unwrap(wrapped)  # the network itself: validation, checkpoints, the logged model
     model = acceleration.prepare(wrapped)
-    optimizer = instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr)
-    loss_fn = instantiate_node(params.loss, "loss")
-    scaler = acceleration.grad_scaler()
-    progress = {"epoch": 0, "losses": [], "dices": [], "best_dice": -1.0, "best_epoch": 0}
+    fit = Fit(
+        net=distributed.unwrap(wrapped),
+        model=model,
+        optimizer=instantiate_node(params.optimizer, "optimizer", model.parameters(), lr=params.lr),
+        loss_fn=instantiate_node(params.loss, "loss"),
+        scaler=acceleration.grad_scaler(),
+        acceleration=acceleration,
+        train_data=train_loader(params, processed, patch, ranks, plan["size_mb"], device),
+        val_data=eval_loader(params, processed, "val", plan["size_mb"], device),
+        dataset=dataset,
+        plan=plan,
+        patch=patch,
+        card=model_card(params.model, dataset, plan["preprocessing"], patch),
+        progress=Progress(),
+        resumed_from=None,
+        inputs_sha256=inputs_sha256,
+    )
     if saved:
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        progress = {key: saved[key] for key in progress}
+        fit.optimizer.load_state_dict(saved["optimizer"])
+        fit.scaler.load_state_dict(saved["scaler"])
+        fit.progress = Progress(**{key: saved[key] for key in asdict(fit.progress)})
+        fit.resumed_from = saved["run_id"]
         if ranks.is_main and saved["best"]:  # DVC removed models/ before this run; it comes back
             save_checkpoint(workdir / MODELS / "best.pt", **saved["best"])
-    train_data = train_loader(params, processed, patch, ranks, plan["size_mb"], device)
-    val_data = eval_loader(params, processed, "val", plan["size_mb"], device)
+    return fit
 
-    inputs = [params.data.dir, str(FINGERPRINT), str(PROCESSED)]
-    resolved = _resolved(params, plan, patch, device) | acceleration.resolved()
-    resolved["resolved.world_size"] = str(ranks.world_size)
-    # Rank 0 alone logs and writes checkpoints.
-    tracked = (
-        tracking.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
-    )
-    with tracked or contextlib.nullcontext() as run, logs_above_bars():
-        if saved and ranks.is_main:
-            mlflow.set_tag("resumed_from", saved["run_id"])
-            for epoch, metrics in _epoch_metrics(progress).items():  # this run holds whole curves
-                tracking.log_metrics(metrics, step=epoch)
-        started = time.perf_counter()
-        # From process start to the first batch: imports, device, caches, the MLflow run.
-        startup_seconds = time.time() - psutil.Process().create_time()
-        snapshot = None
-        epochs = range(progress["epoch"] + 1, params.epochs + 1)
-        try:
-            for epoch in track(epochs, "train", unit="epoch") if ranks.is_main else epochs:
-                if ranks.is_main:
-                    # Where a stop during this epoch resumes from; copies on the device are cheap.
-                    snapshot = _snapshot(net, optimizer, scaler, progress)
-                resume.seed_epoch(params.seed, ranks.rank, epoch, train_data.dataset)
-                batches = track(train_data, f"epoch {epoch}", unit="batch", leave=False)
-                loss = train_one_epoch(
-                    model, batches if ranks.is_main else train_data, loss_fn, optimizer, scaler, acceleration
+
+def _fit(params: DictConfig, workdir: Path, fit: Fit, ranks: distributed.Ranks, mlflow_run: object) -> None:
+    """The epochs still to run; a stop (SIGTERM, Ctrl-C) saves where the current epoch began."""
+    if fit.resumed_from and ranks.is_main:
+        mlflow.set_tag("resumed_from", fit.resumed_from)
+        for epoch, metrics in _epoch_metrics(fit.progress).items():  # this run holds whole curves
+            lab.log_metrics(metrics, step=epoch)
+    snapshot = None
+    epochs = range(fit.progress.epoch + 1, params.epochs + 1)
+    try:
+        for epoch in track(epochs, "train", unit="epoch") if ranks.is_main else epochs:
+            if ranks.is_main:
+                # Where a stop during this epoch resumes from; copies on the device are cheap.
+                snapshot = _snapshot(fit)
+            resume.seed_epoch(params.seed, ranks.rank, epoch, fit.train_data.dataset)
+            batches = track(fit.train_data, f"epoch {epoch}", unit="batch", leave=False)
+            loss = train_one_epoch(
+                fit.model,
+                batches if ranks.is_main else fit.train_data,
+                fit.loss_fn,
+                fit.optimizer,
+                fit.scaler,
+                fit.acceleration,
+            )
+            loss = distributed.mean(loss, ranks, fit.acceleration.device)
+            dice = None
+            if epoch % params.train.val_every == 0 or epoch == params.epochs:
+                # Every process validates the whole split: MONAI's metrics gather across
+                # processes, and the mean over their identical results is the split's mean.
+                mean, per_class = validate(
+                    fit.net, fit.val_data, fit.dataset.num_classes, fit.patch, fit.acceleration
                 )
-                loss = distributed.mean(loss, ranks, device)
-                dice = None
-                if epoch % params.train.val_every == 0 or epoch == params.epochs:
-                    # Every process validates the whole split: MONAI's metrics gather across
-                    # processes, and the mean over their identical results is the split's mean.
-                    mean, per_class = validate(net, val_data, dataset.num_classes, patch, acceleration)
-                    dice = {"val_dice": mean} | {
-                        f"val_dice_{name}": value
-                        for name, value in zip(dataset.foreground.values(), per_class, strict=True)
-                    }
-                if ranks.is_main:
-                    _record(progress, epoch, loss, dice, params.epochs, workdir, net, card)
-        except Interrupted:
-            if ranks.is_main and run is not None:
-                if snapshot is not None:
-                    best = (
-                        torch.load(workdir / MODELS / "best.pt", weights_only=True)
-                        if snapshot["best_epoch"]
-                        else None
-                    )
-                    resume.save(
-                        workdir / RESUME_CHECKPOINT,
-                        snapshot | {"best": best, "run_id": run.info.run_id, "inputs_sha256": inputs_sha256},
-                    )
-            raise  # tracking.start_run ends the run KILLED
-        if not ranks.is_main:
-            return
-        seconds = time.perf_counter() - started
-        save_checkpoint(
-            workdir / MODELS / "last.pt",
-            model=net.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(),
-            epoch=params.epochs,
-            card=card,
-        )
-        summary = {
-            "best_val_dice": progress["best_dice"],
-            "best_epoch": progress["best_epoch"],
-            "final_train_loss": progress["losses"][-1]["train_loss"],
-        }
-        # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        tracking.log_metrics(
-            {
-                **summary,
-                "train_seconds": round(seconds, 2),
-                "startup_seconds": round(startup_seconds, 2),
-                "peak_rss_mb": round(peak_rss_mb, 1),
-            }
-            | _peak_gpu_memory(device)
-        )
-        _write_curves(workdir / PLOTS, progress)
-        if params.tracking.log_model:
-            tracking.log_model(net, workdir / MODELS / "best.pt", card)
-        tracking.write_run_metrics(
-            workdir / TRAIN_METRICS, run.info.run_id, summary | {"patch_size": planning.describe(patch)}
-        )
-        resume.discard(workdir / RESUME_CHECKPOINT)
+                dice = {"val_dice": mean} | {
+                    f"val_dice_{name}": value
+                    for name, value in zip(fit.dataset.foreground.values(), per_class, strict=True)
+                }
+            if ranks.is_main:
+                _record(fit, epoch, loss, dice, params.epochs, workdir)
+    except Interrupted:
+        if ranks.is_main and mlflow_run is not None and snapshot is not None:
+            best = (
+                torch.load(workdir / MODELS / "best.pt", weights_only=True)
+                if snapshot["best_epoch"]
+                else None
+            )
+            resume.save(
+                workdir / RESUME_CHECKPOINT,
+                snapshot
+                | {"best": best, "run_id": mlflow_run.info.run_id, "inputs_sha256": fit.inputs_sha256},
+            )
+        raise  # lab.start_run ends the run KILLED
+
+
+def _finish(
+    params: DictConfig,
+    workdir: Path,
+    fit: Fit,
+    mlflow_run: object,
+    seconds: dict[str, float],
+    device: torch.device,
+) -> None:
+    """The final checkpoint, curves, summary metrics and model: what DVC and MLflow keep."""
+    save_checkpoint(
+        workdir / MODELS / "last.pt",
+        model=fit.net.state_dict(),
+        optimizer=fit.optimizer.state_dict(),
+        scaler=fit.scaler.state_dict(),
+        epoch=params.epochs,
+        card=fit.card,
+    )
+    progress = fit.progress
+    summary = {
+        "best_val_dice": progress.best_dice,
+        "best_epoch": progress.best_epoch,
+        "final_train_loss": progress.losses[-1]["train_loss"],
+    }
+    # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    timing = {name: round(value, 2) for name, value in seconds.items()}
+    lab.log_metrics(summary | timing | {"peak_rss_mb": round(peak_rss_mb, 1)} | _peak_gpu_memory(device))
+    _write_curves(workdir / PLOTS, progress)
+    if params.tracking.log_model:
+        lab.log_model(fit.net, workdir / MODELS / "best.pt", fit.card)
+    lab.write_run_metrics(
+        workdir / TRAIN_METRICS,
+        mlflow_run.info.run_id,
+        summary | {"patch_size": planning.describe(fit.patch)},
+    )
+    resume.discard(workdir / RESUME_CHECKPOINT)
     log.info(
         "Best val_dice %.4f at epoch %d; MLflow run %s",
-        progress["best_dice"],
-        progress["best_epoch"],
-        run.info.run_id,
+        progress.best_dice,
+        progress.best_epoch,
+        mlflow_run.info.run_id,
     )
 
 
 def _record(
-    progress: dict,
-    epoch: int,
-    loss: float,
-    dice: dict[str, float] | None,
-    epochs: int,
-    workdir: Path,
-    net: torch.nn.Module,
-    card: dict,
+    fit: Fit, epoch: int, loss: float, dice: dict[str, float] | None, epochs: int, workdir: Path
 ) -> None:
     """One finished epoch: its metrics, its log line, and best.pt when its Dice is the best yet."""
-    progress["epoch"] = epoch
-    progress["losses"].append({"epoch": epoch, "train_loss": loss})
+    progress = fit.progress
+    progress.epoch = epoch
+    progress.losses.append({"epoch": epoch, "train_loss": loss})
     epoch_metrics = {"train_loss": loss}
     message = f"epoch {epoch}/{epochs} train_loss {loss:.4f}"
     if dice is not None:  # val_dice, the mean over classes, and val_dice_<class> for each
-        progress["dices"].append({"epoch": epoch, **dice})
+        progress.dices.append({"epoch": epoch, **dice})
         epoch_metrics |= dice
         message += f" val_dice {dice['val_dice']:.4f}"
         # The first validation always saves, so that a NaN Dice still leaves a best.pt.
-        if progress["best_epoch"] == 0 or dice["val_dice"] > progress["best_dice"]:
-            progress["best_dice"], progress["best_epoch"] = dice["val_dice"], epoch
-            save_checkpoint(workdir / MODELS / "best.pt", model=net.state_dict(), epoch=epoch, card=card)
-    tracking.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
+        if progress.best_epoch == 0 or dice["val_dice"] > progress.best_dice:
+            progress.best_dice, progress.best_epoch = dice["val_dice"], epoch
+            save_checkpoint(
+                workdir / MODELS / "best.pt", model=fit.net.state_dict(), epoch=epoch, card=fit.card
+            )
+    lab.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
     log.info(message)
 
 
-def _snapshot(
-    net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, progress: dict
-) -> dict:
-    """Copies of everything that a resumed run continues from."""
+def _snapshot(fit: Fit) -> dict:
+    """Copies of everything that a resumed run continues from, as the resume checkpoint holds them."""
     return {
-        "model": {key: value.detach().clone() for key, value in net.state_dict().items()},
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "scaler": scaler.state_dict(),
-        **copy.deepcopy(progress),
+        "model": {key: value.detach().clone() for key, value in fit.net.state_dict().items()},
+        "optimizer": copy.deepcopy(fit.optimizer.state_dict()),
+        "scaler": fit.scaler.state_dict(),
+        **copy.deepcopy(asdict(fit.progress)),
     }
 
 
@@ -223,11 +288,11 @@ def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
     return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
 
 
-def _write_curves(folder: Path, progress: dict) -> None:
+def _write_curves(folder: Path, progress: Progress) -> None:
     """The CSV files dvc.yaml plots: loss, mean validation Dice, and one file per class."""
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(progress["losses"]).to_csv(folder / "train_loss.csv", index=False)
-    dices = pd.DataFrame(progress["dices"])
+    pd.DataFrame(progress.losses).to_csv(folder / "train_loss.csv", index=False)
+    dices = pd.DataFrame(progress.dices)
     dices[["epoch", "val_dice"]].to_csv(folder / "val_dice.csv", index=False)
     per_class = folder / "val_dice_per_class"
     shutil.rmtree(per_class, ignore_errors=True)  # no file left from another dataset's classes
@@ -239,10 +304,10 @@ def _write_curves(folder: Path, progress: dict) -> None:
         )
 
 
-def _epoch_metrics(progress: dict) -> dict[int, dict[str, float]]:
+def _epoch_metrics(progress: Progress) -> dict[int, dict[str, float]]:
     """Per finished epoch, its metrics (train_loss, and val_dice where it validated)."""
-    metrics = {row["epoch"]: {"train_loss": row["train_loss"]} for row in progress["losses"]}
-    for row in progress["dices"]:
+    metrics = {row["epoch"]: {"train_loss": row["train_loss"]} for row in progress.losses}
+    for row in progress.dices:
         metrics[row["epoch"]] |= {key: value for key, value in row.items() if key != "epoch"}
     return metrics
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .. import PACKAGE
+from ..paths import PACKAGE
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ alone: an epoch replays the same whether it follows a resume or not.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import signal
@@ -26,10 +25,7 @@ import torch
 from monai.data import Dataset
 from omegaconf import DictConfig
 
-from ..config.params import resolved_params
 from ..errors import Interrupted
-from ..lab import provenance
-from ..paths import PROCESSED
 from .engine import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,16 +53,6 @@ def seed_epoch(seed: int, rank: int, epoch: int, dataset: Dataset) -> None:
     np.random.seed(epoch_seed)
     random.seed(epoch_seed)
     dataset.transform.set_random_state(seed=epoch_seed)  # MONAI transforms keep their own generators
-
-
-def inputs_sha256(params: DictConfig, workdir: Path) -> str:
-    """What a checkpoint must have been trained from to be resumed: code, params and data."""
-    parts = [
-        provenance.code_sha256(workdir),
-        provenance.params_sha256(resolved_params(params)),
-        str(provenance.dvc_md5s(workdir, [str(PROCESSED)])[str(PROCESSED)]),
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def load(path: Path, params: DictConfig, inputs: str, device: torch.device) -> dict | None:
