@@ -9,7 +9,11 @@ interleaved and best of --repeats:
   bare ``python -c "import torch, monai"``; target <= 1.3;
 - tracking overhead: what the stage's loop costs beyond the bare loop, per epoch, as a share
   of the bare epoch; target <= 2 %;
-- a no-op `dvc exp run` (nothing changed): seconds, and whether any stage ran; target <= 3 s.
+- a no-op `dvc exp run` (nothing changed): seconds, and whether any stage ran; target <= 3 s;
+- the default `dvc exp run` (all stages, once): its wall time over its train stage's
+  ``train_seconds``, and its test Dice; targets <= 1.6 and <= 50 s at Dice >= 0.95 (CPU);
+- each stage's imports (a process that imports the CLI and the stage module) against a bare
+  ``import torch, monai``: the stages that need neither should cost a fraction of it.
 
 On a GPU the like-for-like runs turn the fast path off (cases cached in host memory, float16
 autocast, as the bare loop does), and one more line gives the stage with its default fast path
@@ -39,6 +43,15 @@ BENCH = Path(__file__).resolve().parent
 PACKAGE = "organ_segmentation"
 # What the bare loop does on a GPU: cases in host memory, float16 autocast.
 LIKE_FOR_LIKE = {"data.cache": "memory", "trainer.amp_dtype": "float16"}
+# The module each stage's process imports besides the CLI.
+STAGE_MODULES = {
+    "check-params": "config.params",
+    "synthesize": "stages.synthesize",
+    "fingerprint": "stages.fingerprint",
+    "preprocess": "stages.preprocess",
+    "train": "stages.train",
+    "evaluate": "stages.evaluate",
+}
 QUICK = [
     "epochs=2",
     "synthetic.num_cases=6",
@@ -87,9 +100,17 @@ def main() -> None:
         env = tool_env()
         project = bake(scratch, env, args.project)
         sets = [arg for override in overrides for arg in ("-S", override)]
-        run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, env)
+        _, first_seconds = run(
+            [sys.executable, "-m", "dvc", "exp", "run", *sets], project, env
+        )
         client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
         params = json.loads((project / "metrics" / "train.json").read_text())
+        first_train = client.get_run(params["mlflow_run_id"]).data.metrics[
+            "train_seconds"
+        ]
+        first_dice = json.loads((project / "metrics" / "evaluate.json").read_text())[
+            "dice_mean"
+        ]
         epochs = int(yaml.safe_load((project / "params.yaml").read_text())["epochs"])
         # The experiment committed, a second `dvc exp run` has nothing to do.
         run(["git", "add", "-A"], project, env)
@@ -148,6 +169,12 @@ def main() -> None:
                 [sys.executable, "-c", "import torch, monai"], project, env
             )
             best["imports"] = min(best["imports"], seconds)
+            for stage, module in STAGE_MODULES.items():
+                code = f"import {PACKAGE}.cli, {PACKAGE}.{module}"
+                _, seconds = run([sys.executable, "-c", code], project, env)
+                best[f"import {stage}"] = min(
+                    best.get(f"import {stage}", float("inf")), seconds
+                )
 
     ran = [line for line in noop.splitlines() if line.startswith("Running stage")]
     overhead = (
@@ -167,6 +194,15 @@ def main() -> None:
     )
     print(
         f"  no-op dvc exp run  {noop_seconds:.1f} s, stages run: {len(ran)}   (target <= 3 s, none)"
+    )
+    print(
+        f"  default dvc exp run  {first_seconds:.1f} s for {first_train:.1f} s of training = {first_seconds / first_train:.2f}, test Dice {first_dice:.3f}   (targets <= 1.6, <= 50 s at Dice >= 0.95 on a CPU)"
+    )
+    imports = ", ".join(
+        f"{stage} {best[f'import {stage}']:.2f} s" for stage in STAGE_MODULES
+    )
+    print(
+        f"  stage imports        {imports} / `import torch, monai` {best['imports']:.2f} s"
     )
     if "fast_loop" in best:
         print(

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
                 "stage start-up",
                 "tracking overhead",
                 "no-op dvc exp run",
+                "default dvc exp run",
+                "stage imports",
             ),
         ),
     ],

@@ -282,7 +282,9 @@ def test_every_run_carries_the_provenance_contract(
     params_hashes = {}
     stage_deps = {
         stage: [str(dep).split()[0] for dep in spec.get("deps", [])]
-        for stage, spec in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items()
+        for stage, spec in yaml.safe_load((project / "dvc.yaml").read_text())[
+            "stages"
+        ].items()
     }
     for name, data in experiments.shown.items():
         params = {
@@ -296,9 +298,13 @@ def test_every_run_carries_the_provenance_contract(
             assert tags["git.dirty"] == "false", where
             stage = tags["stage"]
             code = {  # the stage's code deps, as this experiment's dvc.lock records them
-                dep: data["deps"][dep]["hash"] for dep in stage_deps[stage] if dep.startswith("src/")
+                dep: data["deps"][dep]["hash"]
+                for dep in stage_deps[stage]
+                if dep.startswith("src/")
             }
-            expected_code = hashlib.md5(json.dumps(code, sort_keys=True).encode()).hexdigest()
+            expected_code = hashlib.md5(
+                json.dumps(code, sort_keys=True).encode()
+            ).hexdigest()
             assert tags[f"code.{stage}.md5"] == expected_code, where
             assert HEX64.fullmatch(tags["params.sha256"]), where
             assert (
@@ -312,7 +318,11 @@ def test_every_run_carries_the_provenance_contract(
                 assert data["outs"][f"data/{folder}"]["hash"] == md5, where
             params_hashes.setdefault(name, set()).add(tags["params.sha256"])
     for stage in ("train", "evaluate"):
-        codes = {r.data.tags[f"code.{stage}.md5"] for r in runs.values() if r.data.tags["stage"] == stage}
+        codes = {
+            r.data.tags[f"code.{stage}.md5"]
+            for r in runs.values()
+            if r.data.tags["stage"] == stage
+        }
         assert len(codes) == 1, f"one code, several {stage} code hashes"
     assert all(len(hashes) == 1 for hashes in params_hashes.values()), params_hashes
     assert len(set.union(*params_hashes.values())) == 2, (
@@ -579,7 +589,9 @@ def test_every_other_readme_block_runs_as_written_in_order(
         "<member password>": "walk-member-pw-81b2e7",
     }
     *setup, server_command = take_block(blocks, "Team setup")
-    assert " server " in server_command and "--host 0.0.0.0" in server_command, server_command
+    assert " server " in server_command and "--host 0.0.0.0" in server_command, (
+        server_command
+    )
     for command in setup:
         walk.run(command)
     server_log = tmp_path / "server.log"
@@ -593,8 +605,15 @@ def test_every_other_readme_block_runs_as_written_in_order(
         for command in take_block(blocks, "Team setup"):
             walk.run(command)
         member = dict(walk.env)
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
-            member.pop(name)  # a member needs neither the store's keys nor the database's
+        for name in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "PGPASSWORD",
+            "MLFLOW_AUTH_ADMIN_PASSWORD",
+        ):
+            member.pop(
+                name
+            )  # a member needs neither the store's keys nor the database's
         assert member["MLFLOW_TRACKING_URI"] == server.url
         logged = run(
             [experiments.layer_bin / "python", "-c", LOG_ONE_ARTIFACT],
@@ -602,7 +621,9 @@ def test_every_other_readme_block_runs_as_written_in_order(
             env=member,
         ).stdout.splitlines()[-1]
         assert any(key.endswith(logged) for key in s3_store.keys(LAB_BUCKET)), logged
-        anonymous = {k: v for k, v in member.items() if not k.startswith("MLFLOW_TRACKING_")}
+        anonymous = {
+            k: v for k, v in member.items() if not k.startswith("MLFLOW_TRACKING_")
+        }
         anonymous["MLFLOW_TRACKING_URI"] = server.url
         refused = run(
             [experiments.layer_bin / "python", "-c", LOG_ONE_ARTIFACT],
@@ -610,7 +631,9 @@ def test_every_other_readme_block_runs_as_written_in_order(
             env=anonymous | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
             check=False,
         )
-        assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
+        assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[
+            -2000:
+        ]
     finally:
         server.stop()
     for password in (walk.fill["<admin password>"], walk.fill["<member password>"]):

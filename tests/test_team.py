@@ -45,7 +45,11 @@ MEMBER = ("lab-member", "team-member-pw-9a41d7")
 
 
 def basic_auth(login: tuple[str, str]) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()}
+    return {
+        "Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    }
+
+
 # The client side of a lost server, shortened so that the test does not wait for MLflow's
 # default retries (about 4 minutes); what happens after them is the same.
 FAST_FAILURE = {
@@ -75,7 +79,10 @@ class Team:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", **(basic_auth(login) if login else {})}
+        headers = {
+            "Content-Type": "application/json",
+            **(basic_auth(login) if login else {}),
+        }
         with urllib.request.urlopen(
             urllib.request.Request(url, data, headers)
         ) as answer:
@@ -188,14 +195,19 @@ def team(bake, postgres: Postgres, s3_store: S3Store, tmp_path_factory) -> Team:
     ]  # fmt: skip
     # Only the server holds the S3 keys and the database password; members need neither.
     server_env = project_env(alice) | postgres.env | s3_store.env
-    server_env |= {"MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
+    server_env |= {
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+    }
     server = Service(
         "mlflow server", command, server_env, alice, port, folder / "mlflow-server.log"
     )
     server.start(ready_path="/health")
     try:
         team = Team(alice, origin, server, s3_store, {}, "")
-        team.api("users/create", {"username": MEMBER[0], "password": MEMBER[1]}, login=ADMIN)
+        team.api(
+            "users/create", {"username": MEMBER[0], "password": MEMBER[1]}, login=ADMIN
+        )
         team.env = team.member_env(alice)
         for name, lr in (("alice-base", []), ("alice-lr", ["-S", "lr=0.001"])):
             dvc(
@@ -220,7 +232,9 @@ def test_queued_experiments_leave_only_finished_runs(team: Team) -> None:
     assert default == [], "runs landed in MLflow's Default experiment"
 
 
-def test_the_server_refuses_anonymous_writes_and_no_password_is_recorded(team: Team) -> None:
+def test_the_server_refuses_anonymous_writes_and_no_password_is_recorded(
+    team: Team,
+) -> None:
     for login in (None, (MEMBER[0], "a-wrong-password-1")):
         with pytest.raises(urllib.error.HTTPError) as refused:
             team.api("runs/create", {"experiment_id": team.experiment_id}, login=login)
@@ -236,7 +250,9 @@ def test_the_server_refuses_anonymous_writes_and_no_password_is_recorded(team: T
     for password in (ADMIN[1], MEMBER[1]):
         leaked = [name for name, text in records.items() if password in text]
         assert not leaked, f"a password is written in {leaked}"
-    assert "mlflow-auth.db" not in git(team.alice, "status", "--porcelain")  # accounts stay out of git
+    assert "mlflow-auth.db" not in git(
+        team.alice, "status", "--porcelain"
+    )  # accounts stay out of git
 
 
 def test_the_server_holds_tags_curves_model_and_champion(team: Team) -> None:
