@@ -412,6 +412,7 @@ WALKTHROUGH = [
     "Check and re-run a result",
     "Team setup",  # the DVC remote
     "Team setup",  # the MLflow server
+    "Team setup",  # its accounts: the admin adds a member, who logs in
     "Tests and layout",
 ]
 LAB_BUCKET = "lab-walkthrough"
