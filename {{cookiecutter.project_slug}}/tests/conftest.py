@@ -47,6 +47,18 @@ def compose_conf(overrides: list[str] | None = None) -> DictConfig:
 
 
 @pytest.fixture
+def config(package_module: Callable[[str], ModuleType]) -> ModuleType:
+    """The module that loads and checks params.yaml."""
+    return package_module("config.params")
+
+
+@pytest.fixture
+def build(package_module: Callable[[str], ModuleType]) -> Callable[..., object]:
+    """The one function that builds objects from config (behind the `_target_` guard)."""
+    return package_module("config.instantiate").instantiate_node
+
+
+@pytest.fixture
 def user_error(package_module: Callable[[str], ModuleType]) -> type[Exception]:
     return package_module("errors").UserError
 

@@ -20,17 +20,6 @@ def group_options(group: str) -> list[str]:
 
 
 @pytest.fixture
-def config(package_module):
-    return package_module("config.params")
-
-
-@pytest.fixture
-def build(package_module):
-    """The one function that builds objects from config."""
-    return package_module("config.instantiate").instantiate_node
-
-
-@pytest.fixture
 def workdir(project_root: Path, tmp_path: Path) -> Path:
     """A copy of the project's conf/ and params.yaml: what a stage reads."""
     shutil.copytree(project_root / "conf", tmp_path / "conf")
