@@ -116,14 +116,9 @@ def _dispatch(args: argparse.Namespace) -> bool:
     if args.command == "doctor":
         return command.doctor(repo_root())
     if args.command == "server":
-        return command.serve(
-            args.backend_store_uri,
-            args.artifacts_destination,
-            args.host,
-            args.port,
-            args.mlflow_args,
-            auth=not args.no_auth,
-        )
+        stores = (args.backend_store_uri, args.artifacts_destination)
+        line, env = command.server_command(*stores, args.host, args.port, args.mlflow_args, not args.no_auth)
+        return command.serve(line, env)
     if args.command == "sync":
         command.sync(repo_root())
         return True

@@ -92,17 +92,10 @@ def server_command(
     return [*command, "--app-name", "basic-auth"], env
 
 
-def serve(
-    backend_store_uri: str | None,
-    artifacts_destination: str | None,
-    host: str,
-    port: int,
-    extra_args: list[str],
-    auth: bool = True,
-) -> bool:
-    """Run the MLflow server until it stops; SIGTERM and SIGINT are passed on to it."""
-    command, env = server_command(backend_store_uri, artifacts_destination, host, port, extra_args, auth)
+def serve(command: list[str], env: dict[str, str]) -> bool:
+    """Run :func:`server_command`'s server until it stops; SIGTERM and SIGINT are passed on to it."""
     login = "--app-name" in command
+    host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
     print(
         f"MLflow server on http://{host}:{port}: runs in {_without_password(env[BACKEND_VARIABLE])}, "
         f"artifacts in {env[ARTIFACTS_VARIABLE]}"
