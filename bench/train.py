@@ -43,9 +43,10 @@ BENCH = Path(__file__).resolve().parent
 PACKAGE = "organ_segmentation"
 # What the bare loop does on a GPU: cases in host memory, float16 autocast.
 LIKE_FOR_LIKE = {"data.cache": "memory", "trainer.amp_dtype": "float16"}
-# The module each stage's process imports besides the CLI.
+# The module each stage's process imports besides the CLI (a project baked before the
+# package was grouped by role has config.py where config/params.py is now).
 STAGE_MODULES = {
-    "check-params": "config.params",
+    "check-params": "config.params|config",
     "synthesize": "stages.synthesize",
     "fingerprint": "stages.fingerprint",
     "preprocess": "stages.preprocess",
@@ -169,7 +170,13 @@ def main() -> None:
                 [sys.executable, "-c", "import torch, monai"], project, env
             )
             best["imports"] = min(best["imports"], seconds)
-            for stage, module in STAGE_MODULES.items():
+            for stage, candidates in STAGE_MODULES.items():
+                source = project / "src" / PACKAGE
+                module = next(
+                    name
+                    for name in candidates.split("|")
+                    if (source / f"{name.replace('.', '/')}.py").is_file()
+                )
                 code = f"import {PACKAGE}.cli, {PACKAGE}.{module}"
                 _, seconds = run([sys.executable, "-c", code], project, env)
                 best[f"import {stage}"] = min(
