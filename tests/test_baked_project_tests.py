@@ -30,7 +30,7 @@ def test_baked_test_suite_passes(
         "-q",
         "-p",
         "no:cacheprovider",
-        "--durations=10",
+        "--durations=15",
     ]
     result = run(command, cwd=project, timeout=1800)
     with capsys.disabled():  # the slowest baked tests, in CI's log
