@@ -33,14 +33,16 @@ def test_on_the_cpu_every_gpu_option_is_off(package_module) -> None:
     [("auto", 10, "memory"), ("auto", 10_000, "disk"), ("disk", 10, "disk"), ("memory", 10_000, "memory")],
 )
 def test_cache_choice_on_the_cpu(package_module, cache, size_mb, expected) -> None:
-    data = compose_conf([f"data.cache={cache}"]).data
-    assert package_module("data.loaders").cache_choice(data, size_mb, torch.device("cpu")) == expected
+    loaders = package_module("data.loaders")
+    caching = loaders.Caching.of(compose_conf([f"data.cache={cache}"]))
+    assert loaders.cache_choice(caching, size_mb, torch.device("cpu")) == expected
 
 
 def test_a_gpu_cache_without_a_gpu_is_refused(package_module, user_error) -> None:
-    data = compose_conf(["data.cache=gpu"]).data
+    loaders = package_module("data.loaders")
+    caching = loaders.Caching.of(compose_conf(["data.cache=gpu"]))
     with pytest.raises(user_error, match="data.cache=gpu but training runs on cpu"):
-        package_module("data.loaders").cache_choice(data, 10, torch.device("cpu"))
+        loaders.cache_choice(caching, 10, torch.device("cpu"))
 
 
 @pytest.mark.gpu

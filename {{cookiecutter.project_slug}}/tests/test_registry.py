@@ -140,7 +140,8 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     processed = workspace / "data/processed"
     loaders = package_module("data.loaders")
     size_mb = loaders.read_plan(processed)["size_mb"]
-    batch = next(iter(loaders.eval_loader(params, processed, "test", size_mb, torch.device("cpu"))))
+    caching = loaders.Caching.of(params)
+    batch = next(iter(loaders.eval_loader(processed, "test", caching, size_mb, torch.device("cpu"))))
     image = batch["image"].as_tensor()
     torch.save(image, tmp_path / "image.pt")
     engine = package_module("training.engine")

@@ -5,7 +5,12 @@ One module for the paths, so that no stage imports another stage to find its out
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UserError
 
 # The package's import name: `python -m PACKAGE` runs the command line, and its logger is the project's.
 PACKAGE = __package__
@@ -21,3 +26,21 @@ PLOTS = Path("plots/train")
 PREPROCESS_METRICS = Path("metrics/preprocess.json")
 TRAIN_METRICS = Path("metrics/train.json")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(partial)`` into a sibling ``.partial`` file, then rename it over ``path``: a reader,
+    or a run stopped half-way, sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    try:
+        write(partial)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise UserError(
+                f"No space left on the device writing {path}; the previous {path.name} is intact. "
+                "Free space there and run the experiment again."
+            ) from error
+        raise
+    os.replace(partial, path)

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,13 +61,27 @@ def processed_split(processed: Path, split: str) -> list[dict[str, str]]:
     ]
 
 
-def cache_choice(data: DictConfig, size_mb: float, device: torch.device) -> str:
+@dataclass(frozen=True)
+class Caching:
+    """Where loaded cases are kept between epochs, and how many workers load batches."""
+
+    cache: str  # data.cache: auto | gpu | memory | disk
+    budget_mb: float  # data.cache_budget_mb: the largest set `auto` keeps in memory or on the GPU
+    num_workers: int  # trainer.num_workers
+
+    @classmethod
+    def of(cls, params: DictConfig) -> Caching:
+        """The three keys of params.yaml that decide it."""
+        return cls(params.data.cache, params.data.cache_budget_mb, params.trainer.num_workers)
+
+
+def cache_choice(caching: Caching, size_mb: float, device: torch.device) -> str:
     """``data.cache`` resolved to gpu, memory or disk for a preprocessed set of ``size_mb``."""
-    if data.cache == "gpu" and device.type != "cuda":
+    if caching.cache == "gpu" and device.type != "cuda":
         raise UserError(f"data.cache=gpu but training runs on {device.type}; use -S data.cache=auto.")
-    if data.cache != "auto":
-        return data.cache
-    if size_mb > data.cache_budget_mb:
+    if caching.cache != "auto":
+        return caching.cache
+    if size_mb > caching.budget_mb:
         return "disk"
     if device.type == "cuda" and size_mb * 2**20 <= GPU_CACHE_SHARE * torch.cuda.mem_get_info(device)[0]:
         return "gpu"
@@ -74,17 +89,17 @@ def cache_choice(data: DictConfig, size_mb: float, device: torch.device) -> str:
 
 
 def cached_dataset(
-    items: list[dict], transforms: list, params: DictConfig, size_mb: float, device: torch.device
+    items: list[dict], transforms: list, caching: Caching, size_mb: float, device: torch.device
 ) -> tuple[Dataset, str]:
     """``items`` with their deterministic transforms cached where ``data.cache`` says, and where."""
-    choice = cache_choice(params.data, size_mb, device)
+    choice = cache_choice(caching, size_mb, device)
     log.info(
         "Caching %d cases %s (data.cache=%s; preprocessed set %.1f MB, data.cache_budget_mb=%s)",
         len(items),
         {"gpu": "on the GPU", "memory": "in memory", "disk": "on disk"}[choice],
-        params.data.cache,
+        caching.cache,
         size_mb,
-        params.data.cache_budget_mb,
+        caching.budget_mb,
     )
     if choice == "disk":
         return PersistentDataset(items, Compose(transforms), cache_dir=_scratch_folder()), choice
@@ -103,54 +118,64 @@ def cached_dataset(
 
 
 def _batches(
-    dataset: Dataset, cache: str, params: DictConfig, device: torch.device, **options
+    dataset: Dataset, cache: str, num_workers: int, device: torch.device, **options
 ) -> ThreadDataLoader:
     """Batches of ``dataset``; no worker processes when its cases already sit on the GPU."""
     return ThreadDataLoader(
         dataset,
-        num_workers=0 if cache == "gpu" else params.trainer.num_workers,
+        num_workers=0 if cache == "gpu" else num_workers,
         # Page-locked host batches let `.to(device, non_blocking=True)` overlap the copy.
         pin_memory=device.type == "cuda" and cache != "gpu",
         **options,
     )
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How training draws patches: the train.* keys, the batch size and the patch."""
+
+    patch: list[int]  # voxels per axis
+    batch_size: int
+    foreground_ratio: float  # share of crops centred on foreground
+    samples_per_volume: int  # crops per volume per epoch
+
+
 def train_loader(
-    params: DictConfig, processed: Path, patch: list[int], ranks: Ranks, size_mb: float, device: torch.device
+    processed: Path, sampling: Sampling, caching: Caching, ranks: Ranks, size_mb: float, device: torch.device
 ) -> ThreadDataLoader:
     """Cached, augmented patches from the training split (under DDP: this process's share)."""
-    ratio = params.train.foreground_ratio
+    ratio = sampling.foreground_ratio
     transforms = [
         *load_transforms(),
         # Volumes thinner than the patch are padded, so that every crop has the patch's size.
-        SpatialPadd(keys=KEYS, spatial_size=tuple(patch)),
+        SpatialPadd(keys=KEYS, spatial_size=tuple(sampling.patch)),
         RandCropByPosNegLabeld(
             keys=KEYS,
             label_key="label",
-            spatial_size=tuple(patch),
+            spatial_size=tuple(sampling.patch),
             pos=ratio,
             neg=1.0 - ratio,
-            num_samples=params.train.samples_per_volume,
+            num_samples=sampling.samples_per_volume,
         ),
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
     ]
     cases = processed_split(processed, "train")
     if ranks.active:  # each process caches and trains on its own share, of equal size
         cases = partition_dataset(cases, num_partitions=ranks.world_size, even_divisible=True)[ranks.rank]
-    dataset, cache = cached_dataset(cases, transforms, params, size_mb, device)
-    return _batches(dataset, cache, params, device, batch_size=params.batch_size, shuffle=True)
+    dataset, cache = cached_dataset(cases, transforms, caching, size_mb, device)
+    return _batches(dataset, cache, caching.num_workers, device, batch_size=sampling.batch_size, shuffle=True)
 
 
 def eval_loader(
-    params: DictConfig, processed: Path, split: str, size_mb: float, device: torch.device
+    processed: Path, split: str, caching: Caching, size_mb: float, device: torch.device
 ) -> ThreadDataLoader:
     """Whole cached volumes of ``split``, one per batch, for sliding-window inference.
 
     ``size_mb``: the preprocessed set's size (from its plan), which ``data.cache=auto`` weighs.
     """
     cases = processed_split(processed, split)
-    dataset, cache = cached_dataset(cases, load_transforms(), params, size_mb, device)
-    return _batches(dataset, cache, params, device, batch_size=1)
+    dataset, cache = cached_dataset(cases, load_transforms(), caching, size_mb, device)
+    return _batches(dataset, cache, caching.num_workers, device, batch_size=1)
 
 
 def _scratch_folder() -> Path:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from .. import lab
 from ..data import planning
-from ..data.loaders import eval_loader, read_plan
+from ..data.loaders import Caching, eval_loader, read_plan
 from ..data.msd import read_msd
 from ..evaluation.overlays import OverlaySlice, ranked_picks, save_overlay
 from ..model.networks import build_model
@@ -56,7 +56,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
     rows, views = [], {}
-    test_data = eval_loader(params, processed, "test", plan["size_mb"], device)
+    test_data = eval_loader(processed, "test", Caching.of(params), plan["size_mb"], device)
     for batch in track(test_data, "evaluate"):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = predict(model, images, patch, params.evaluate.overlap, acceleration)

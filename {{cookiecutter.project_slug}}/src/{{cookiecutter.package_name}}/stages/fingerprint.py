@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from ..data.fingerprint import fingerprint_case, summarise
 from ..data.msd import read_msd
 from ..data.parallel import map_cases
-from ..paths import FINGERPRINT
+from ..paths import FINGERPRINT, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         "fingerprint",
     )
     fingerprint = summarise(dataset, cases)
-    out = workdir / FINGERPRINT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial_file = out.with_suffix(".partial")
-    partial_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
-    partial_file.replace(out)
+    summary = json.dumps(fingerprint, indent=2) + "\n"
+    write_atomically(workdir / FINGERPRINT, lambda temporary: temporary.write_text(summary))
     log.info(
         "Fingerprinted %d cases of %s in %.2f s with %d worker(s): modality %s (data.dir, data.num_workers)",
         len(cases),

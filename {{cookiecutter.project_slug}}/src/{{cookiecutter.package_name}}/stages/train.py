@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from .. import lab
 from ..config.instantiate import instantiate_node
 from ..data import planning
-from ..data.loaders import cache_choice, eval_loader, read_plan, train_loader
+from ..data.loaders import Caching, Sampling, cache_choice, eval_loader, read_plan, train_loader
 from ..data.msd import MsdDataset, read_msd
 from ..errors import Interrupted
 from ..model.networks import build_model, model_card
@@ -118,7 +118,7 @@ def _setup(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         params.patch_voxels,
     )
     inputs_sha256 = lab.inputs_sha256(params, workdir, "train", [str(PROCESSED)])
-    saved = resume.load(workdir / RESUME_CHECKPOINT, params, inputs_sha256, device)
+    saved = resume.load(workdir / RESUME_CHECKPOINT, params.train.resume, inputs_sha256, device)
     net = build_model(params.model, dataset.in_channels, dataset.num_classes).to(device)
     if saved:
         net.load_state_dict(saved["model"])  # before DDP, which copies rank 0's weights to all
@@ -131,8 +131,10 @@ def _setup(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         loss_fn=instantiate_node(params.loss, "loss"),
         scaler=acceleration.grad_scaler(),
         acceleration=acceleration,
-        train_data=train_loader(params, processed, patch, ranks, plan["size_mb"], device),
-        val_data=eval_loader(params, processed, "val", plan["size_mb"], device),
+        train_data=train_loader(
+            processed, _sampling(params, patch), Caching.of(params), ranks, plan["size_mb"], device
+        ),
+        val_data=eval_loader(processed, "val", Caching.of(params), plan["size_mb"], device),
         dataset=dataset,
         plan=plan,
         patch=patch,
@@ -319,5 +321,10 @@ def _resolved(params: DictConfig, plan: dict, patch: list[int], device: torch.de
         "resolved.pixdim": planning.describe(preprocessing["pixdim"]),
         "resolved.normalization": preprocessing["normalization"]["kind"],
         "resolved.patch_size": planning.describe(patch),
-        "resolved.cache": cache_choice(params.data, plan["size_mb"], device),
+        "resolved.cache": cache_choice(Caching.of(params), plan["size_mb"], device),
     }
+
+
+def _sampling(params: DictConfig, patch: list[int]) -> Sampling:
+    train = params.train
+    return Sampling(patch, params.batch_size, train.foreground_ratio, train.samples_per_volume)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from monai.utils import set_determinism
 from omegaconf import DictConfig
 
 from ..errors import UserError
+from ..paths import write_atomically
 from .acceleration import Acceleration
 
 log = logging.getLogger(__name__)
@@ -111,17 +110,5 @@ def validate(
 
 
 def save_checkpoint(path: Path, **state: object) -> None:
-    """Write via a temporary file, so that an interrupted save leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    try:
-        torch.save(state, partial)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
-            raise UserError(
-                f"No space left on the device writing {path}; the previous {path.name} is intact. "
-                "Free space there and run the experiment again."
-            ) from error
-        raise
-    os.replace(partial, path)
+    """Write atomically, so that an interrupted save leaves the old file intact."""
+    write_atomically(path, lambda partial: torch.save(state, partial))

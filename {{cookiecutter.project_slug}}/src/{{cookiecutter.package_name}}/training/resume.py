@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import Dataset
-from omegaconf import DictConfig
 
 from ..errors import Interrupted
 from .engine import save_checkpoint
@@ -55,9 +54,9 @@ def seed_epoch(seed: int, rank: int, epoch: int, dataset: Dataset) -> None:
     dataset.transform.set_random_state(seed=epoch_seed)  # MONAI transforms keep their own generators
 
 
-def load(path: Path, params: DictConfig, inputs: str, device: torch.device) -> dict | None:
-    """The saved state to continue from, or None to start at epoch 1."""
-    if params.train.resume == "never" or not path.exists():
+def load(path: Path, resume: str, inputs: str, device: torch.device) -> dict | None:
+    """The saved state to continue from (``train.resume``: auto or never), or None to start at epoch 1."""
+    if resume == "never" or not path.exists():
         return None
     state = torch.load(path, map_location=device, weights_only=True)
     if state["inputs_sha256"] != inputs:
