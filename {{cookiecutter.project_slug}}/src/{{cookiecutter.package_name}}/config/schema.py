@@ -1,8 +1,9 @@
 """Every key of params.yaml: its type, its allowed values or range, and the rules between keys.
 
-``check-params`` (the first stage of ``dvc exp run``) applies it, so a typo stops the run before
-any data stage, with the key, the bad value, what is allowed and the ``-S`` that fixes it. The
-stages can then use values without checking them again. Importing this module loads no torch.
+Every stage, ``check-params`` included, applies it as it loads params.yaml, so a typo stops
+``dvc exp run`` before any stage does its work, with the key, the bad value, what is allowed and
+the ``-S`` that fixes it. The stages can then use values without checking them again. Importing
+this module loads no torch.
 """
 
 from __future__ import annotations

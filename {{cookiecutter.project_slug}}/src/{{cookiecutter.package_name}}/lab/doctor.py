@@ -150,9 +150,7 @@ def _mlflow_store(root: Path) -> Finding:
 
 def _mlflow_login(root: Path) -> Finding:
     """A tracking server that answers without credentials lets anyone write what others reproduce."""
-    import requests
-
-    from .reachability import PROBE_SECONDS, is_server, unreachable_reason
+    from .reachability import is_server, probe, unreachable_reason
     from .tracking import tracking_uri
 
     uri = tracking_uri(root)
@@ -160,11 +158,9 @@ def _mlflow_login(root: Path) -> Finding:
         return Finding("PASS", "mlflow login", "a local store on this machine; no server to log in to")
     if reason := unreachable_reason(uri):
         return Finding("WARN", "mlflow login", f"not checked: {uri} does not answer ({reason})")
-    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
     # A read without credentials: MLflow's basic-auth app answers 401 to every request without
     # them, so a 200 means the server takes writes from anyone who can reach it.
-    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
-    status = requests.get(probe, timeout=PROBE_SECONDS, verify=verify).status_code
+    status = probe(uri, "api/2.0/mlflow/experiments/search?max_results=1").status_code
     if status != 401:
         return Finding(
             "WARN",

@@ -85,13 +85,15 @@ def is_ancestor(workdir: Path, ancestor: str, commit: str) -> bool:
 
 def changed_since(workdir: Path, commit: str, folder: str) -> list[str]:
     """Files under ``folder`` that differ from ``commit`` or are new; [] when git cannot tell."""
+    if not commit:
+        return []
     diff = subprocess.run(
         ["git", "diff", "--name-only", "--relative", commit, "--", folder],
         cwd=workdir,
         capture_output=True,
         text=True,
     )
-    if not commit or diff.returncode != 0:
+    if diff.returncode != 0:
         return []
     new = git(workdir, "ls-files", "--others", "--exclude-standard", "--", folder)
     return sorted({*diff.stdout.split(), *new.split()})

@@ -14,9 +14,13 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..paths import PACKAGE
+
+if TYPE_CHECKING:  # imported where a probe runs: a stage that logs locally never needs it
+    import requests
 
 # How long one probe of the server may take; MLflow's own requests wait up to 120 s each.
 PROBE_SECONDS = 10
@@ -26,16 +30,23 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def probe(uri: str, path: str) -> requests.Response:
+    """A GET of ``path`` on the server, without credentials, with MLflow's TLS setting."""
+    import requests  # an MLflow dependency, which honours REQUESTS_CA_BUNDLE like MLflow does
+
+    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    return requests.get(f"{uri.rstrip('/')}/{path}", timeout=PROBE_SECONDS, verify=verify)
+
+
 def unreachable_reason(uri: str) -> str | None:
     """None when the server at ``uri`` answers; else why not ("Connection refused", ...).
 
     Any HTTP answer counts: a proxy's 401 means a server is there, and MLflow reports the rest.
     """
-    import requests  # an MLflow dependency, which honours REQUESTS_CA_BUNDLE like MLflow does
+    import requests
 
-    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS, verify=verify)
+        probe(uri, "health")
     except requests.RequestException as error:
         return short_reason(error)
     return None

@@ -136,11 +136,11 @@ def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: 
         raise UserError(f"The params logged with run {run_id} are not a mapping of keys to values.")
     if provenance.params_sha256(params) != recorded_sha256:
         raise UserError(f"The params logged with run {run_id} do not hash to its params.sha256.")
-    source = f"the params logged with run {run_id}"
-    check_code_and_paths(OmegaConf.create(params), source)
-    check_buildable(OmegaConf.create(params), worktree, source)
-    params[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
-    (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
+    source, config = f"the params logged with run {run_id}", OmegaConf.create(params)
+    check_code_and_paths(config, source)
+    check_buildable(config, worktree, source)
+    config[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
+    (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(config))
 
 
 def _check_code(worktree: Path, stage: str, tags: dict[str, str], run_id: str) -> None:
