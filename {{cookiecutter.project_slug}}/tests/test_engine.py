@@ -86,7 +86,7 @@ def test_predict_and_validate_whole_volumes(engine, package_module) -> None:
     model, _, _, batch = small_setup(package_module, device)
     volume = {"image": batch["image"][:1, :, :, :, :12], "label": batch["label"][:1, :, :, :, :12]}
     plain = acceleration(package_module, device)
-    logits = engine.predict(model.eval(), volume["image"], PATCH, overlap=0.25, acceleration=plain)
+    logits = engine.sliding_window_logits(model.eval(), volume["image"], PATCH, 0.25, plain)
     assert logits.shape == (1, 2, 16, 16, 12)
     assert logits.dtype == torch.float32
     dice, per_class = engine.validate(model, [volume], num_classes=2, patch_size=PATCH, acceleration=plain)
@@ -141,7 +141,7 @@ def test_fast_path_training_steps_on_cuda(engine, package_module, overrides, dty
     assert scaler.is_enabled() == (dtype == torch.float16)
     loss = engine.train_one_epoch(model, [batch], loss_fn, optimizer, scaler, fast)
     assert torch.isfinite(torch.tensor(loss))
-    logits = engine.predict(
+    logits = engine.sliding_window_logits(
         net.eval(), fast.inputs(batch["image"][:1]), PATCH, overlap=0.25, acceleration=fast
     )
     assert logits.dtype == torch.float32 and logits.device.type == "cuda"

@@ -46,7 +46,7 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 mlflow.set_tracking_uri(args["tracking_uri"])
 model = mlflow.pytorch.load_model(args["model_uri"])  # a torch.export program, traced in eval mode
-predict = importlib.import_module(args["package"] + ".engine").predict
+predict = importlib.import_module(args["package"] + ".engine").sliding_window_logits
 acceleration = importlib.import_module(args["package"] + ".acceleration").Acceleration
 plain = acceleration.for_inference(torch.device("cpu"))
 image = torch.load(args["image"], weights_only=True)
@@ -168,7 +168,8 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     torch.set_num_threads(THREADS)  # as in the fresh process: CPU sums depend on the thread count
     try:
         plain = package_module("training.acceleration").Acceleration.for_inference(torch.device("cpu"))
-        own = engine.predict(model.eval(), image, list(params.patch_size), params.evaluate.overlap, plain)
+        patch, overlap = list(params.patch_size), params.evaluate.overlap
+        own = engine.sliding_window_logits(model.eval(), image, patch, overlap, plain)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(served.argmax(1), own.argmax(1))

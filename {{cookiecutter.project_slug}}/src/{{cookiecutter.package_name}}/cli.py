@@ -187,7 +187,7 @@ def _search(args: argparse.Namespace, _workdir: Path) -> bool:
 
 
 def _predict(args: argparse.Namespace, workdir: Path) -> bool:
-    _module(".inference.predict").predict(args.inputs, args.model, args.output, args.overlap, workdir)
+    _module(".inference.predict").predict_files(args.inputs, args.model, args.output, args.overlap, workdir)
     return True
 
 

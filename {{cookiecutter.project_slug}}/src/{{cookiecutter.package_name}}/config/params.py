@@ -15,7 +15,7 @@ from . import instantiate, schema
 
 PARAMS_FILE = "params.yaml"
 # Bookkeeping written at compose time; not a parameter of any result.
-FINGERPRINT_KEY = "conf_sha256"
+CONF_HASH_KEY = "conf_sha256"
 # The train stage's command starts with trainer.launcher (dvc.yaml), so it names code: only
 # python, or torchrun with its own --options, never a shell.
 LAUNCHER = re.compile(r"(python|torchrun( --[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/-]+)?)*)")
@@ -68,12 +68,12 @@ def check_buildable(params: DictConfig, workdir: Path, source: str | None = None
 
 
 def _check_fresh(params: DictConfig, workdir: Path) -> None:
-    recorded = params.get(FINGERPRINT_KEY)
+    recorded = params.get(CONF_HASH_KEY)
     current = conf_sha256(workdir / "conf")
     if recorded != current:
         raise UserError(
             f"{PARAMS_FILE} is stale: it was composed from a different conf/ "
-            f"({FINGERPRINT_KEY} {str(recorded)[:12]} != conf/ {current[:12]}). "
+            f"({CONF_HASH_KEY} {str(recorded)[:12]} != conf/ {current[:12]}). "
             "`dvc repro` does not recompose Hydra config; run `dvc exp run` instead."
         )
 
@@ -108,5 +108,5 @@ def check_code_and_paths(params: DictConfig, path: str) -> None:
 def resolved_params(params: DictConfig) -> dict:
     """Plain-Python params without compose-time bookkeeping: what a result depends on."""
     plain = OmegaConf.to_container(params, resolve=True)
-    plain.pop(FINGERPRINT_KEY, None)
+    plain.pop(CONF_HASH_KEY, None)
     return plain

@@ -32,6 +32,10 @@ class MsdDataset:
         return len(self.labels)
 
     @property
+    def case_names(self) -> list[str]:
+        return [case["name"] for case in self.cases]
+
+    @property
     def foreground(self) -> dict[int, str]:
         return {index: name for index, name in self.labels.items() if index != 0}
 
@@ -77,6 +81,32 @@ def read_msd(root: Path) -> MsdDataset:
         raise UserError(f'{path}: `modality` must number the channels "0".."N-1", got {modality!r}.')
     channels = [str(modality[str(index)]) for index in range(len(modality))]
     return MsdDataset(root, str(spec.get("name", root.name)), labels, channels, cases)
+
+
+def write_msd(
+    root: Path,
+    name: str,
+    labels: dict[int, str],
+    channel_names: list[str],
+    case_names: list[str],
+    **fields: str,
+) -> None:
+    """Write ``root/dataset.json`` for ``imagesTr/<case>.nii.gz`` and ``labelsTr/<case>.nii.gz``.
+
+    ``fields`` are MSD's descriptive keys (``description``, ``tensorImageSize``), kept in order.
+    """
+    training = [
+        {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"} for case in case_names
+    ]
+    spec = {
+        "name": name,
+        **fields,
+        "modality": {str(index): channel for index, channel in enumerate(channel_names)},
+        "labels": {str(index): label for index, label in labels.items()},
+        "numTraining": len(training),
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
 
 
 def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict:

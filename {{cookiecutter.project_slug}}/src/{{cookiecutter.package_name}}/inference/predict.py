@@ -49,7 +49,10 @@ class LoadedModel:
     source: dict[str, str] = field(default_factory=dict)  # what the sidecar records about it
 
 
-def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: float, workdir: Path) -> None:
+def predict_files(
+    inputs: list[str], model_ref: str | None, output: Path, overlap: float, workdir: Path
+) -> None:
+    """Segment each input file with the model ``model_ref`` names; write masks and cards to ``output``."""
     files = input_files(inputs)
     loaded = load_model(model_ref, workdir)
     card = loaded.card
@@ -62,7 +65,7 @@ def predict(inputs: list[str], model_ref: str | None, output: Path, overlap: flo
     for path in track(files, "predict", unit="file"):
         source = check_input(path, card["channels"])
         item = prepare({"image": str(path)})
-        logits = engine.predict(
+        logits = engine.sliding_window_logits(
             model, item["image"][None].to(device), card["patch_size"], overlap, acceleration
         )
         item["mask"] = logits[0].argmax(0, keepdim=True).cpu().float()

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.conf_fingerprint.hashing import conf_sha256
 
-from ..config.params import FINGERPRINT_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
+from ..config.params import CONF_HASH_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
 from ..errors import UserError
 from . import provenance
 from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
@@ -121,7 +121,7 @@ def _check_record(run_id: str, tags: dict[str, str]) -> None:
 
 
 def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: Path) -> None:
-    """params.yaml from the run's logged config, fingerprinted against the worktree's conf/.
+    """params.yaml from the run's logged config, with the hash of the worktree's conf/.
 
     The logged config is data from the tracking server, and a matching params.sha256 proves
     nothing (it sits on the same server). So before any stage runs, every key that chooses code
@@ -139,7 +139,7 @@ def _restore_params(worktree: Path, run_id: str, recorded_sha256: str, scratch: 
     source, config = f"the params logged with run {run_id}", OmegaConf.create(params)
     check_code_and_paths(config, source)
     check_buildable(config, worktree, source)
-    config[FINGERPRINT_KEY] = conf_sha256(worktree / "conf")
+    config[CONF_HASH_KEY] = conf_sha256(worktree / "conf")
     (worktree / PARAMS_FILE).write_text(OmegaConf.to_yaml(config))
 
 

@@ -25,7 +25,7 @@ from ..model.networks import build_model
 from ..paths import EVALUATE_METRICS, FINGERPRINT, MODELS, PROCESSED, REPORTS, TRAIN_METRICS
 from ..progress import track
 from ..training.acceleration import Acceleration
-from ..training.engine import configure_runtime, predict, select_device
+from ..training.engine import configure_runtime, select_device, sliding_window_logits
 
 log = logging.getLogger(__name__)
 # MONAI's own HausdorffDistanceMetric passes get_mask_edges an argument that MONAI itself
@@ -59,7 +59,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     test_data = eval_loader(processed, "test", Caching.of(params), plan["size_mb"], device)
     for batch in track(test_data, "evaluate"):
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        logits = predict(model, images, patch, params.evaluate.overlap, acceleration)
+        logits = sliding_window_logits(model, images, patch, params.evaluate.overlap, acceleration)
         predictions = [to_pred(item) for item in decollate_batch(logits)]
         truths = [to_label(item) for item in decollate_batch(labels)]
         case_dice = dice(predictions, truths)[0].tolist()

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..data import planning
-from ..data.msd import SPLITS_FILE, MsdDataset, read_msd, split_cases
+from ..data.msd import SPLITS_FILE, MsdDataset, read_msd, split_cases, write_msd
 from ..data.parallel import map_cases
 from ..data.transforms import preprocess_transforms
 from ..errors import UserError
@@ -43,22 +43,13 @@ def run(params: DictConfig, workdir: Path) -> None:
     cases = map_cases(work, source.cases, params.data.num_workers, "preprocess")
 
     splits = split_cases(
-        [case["name"] for case in source.cases],
+        source.case_names,
         params.data.val_fraction,
         params.data.test_fraction,
         params.seed,
     )
     (out / SPLITS_FILE).write_text(json.dumps(splits, indent=2) + "\n")
-    dataset = {
-        "name": f"{source.name} (preprocessed)",
-        "modality": {str(index): name for index, name in enumerate(source.channel_names)},
-        "labels": {str(index): name for index, name in source.labels.items()},
-        "training": [
-            {"image": f"./imagesTr/{case['name']}.nii.gz", "label": f"./labelsTr/{case['name']}.nii.gz"}
-            for case in source.cases
-        ],
-    }
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    write_msd(out, f"{source.name} (preprocessed)", source.labels, source.channel_names, source.case_names)
     median_shape = [int(edge) for edge in np.median([case["shape"] for case in cases], axis=0)]
     plan = {
         "preprocessing": preprocessing,
@@ -93,13 +84,16 @@ def run(params: DictConfig, workdir: Path) -> None:
 
 
 def _preprocess_case(case: dict, dataset: MsdDataset, preprocessing: dict, out: Path) -> dict:
-    """Preprocess one case and write it; runs in a worker process when data.num_workers > 1."""
+    """Preprocess one case and write it; runs in a worker process when data.num_workers > 1.
+
+    The case is not checked again here: the fingerprint stage, a dep of this one, has read every
+    case of the same data and refused wrong channels, grids and label values, naming the file.
+    """
     torch.set_num_threads(1)  # the workers share the cores; one case per core
     try:
         item = preprocess_transforms(preprocessing)({"image": case["image"], "label": case["label"]})
     except Exception as error:  # MONAI wraps reader errors in RuntimeError
         raise UserError(f"Could not read case {case['image']} / {case['label']}: {error}") from error
-    _check_case(case, item, dataset)
     written = 0
     for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
         array = item[key].numpy()
@@ -108,26 +102,3 @@ def _preprocess_case(case: dict, dataset: MsdDataset, preprocessing: dict, out: 
         nib.save(nib.Nifti1Image(array, item[key].affine.numpy()), out / folder / f"{case['name']}.nii.gz")
         written += array.nbytes
     return {"name": case["name"], "shape": list(item["label"].shape[1:]), "bytes": written}
-
-
-def _check_case(case: dict, item: dict, dataset: MsdDataset) -> None:
-    image_shape, label_shape = item["image"].shape[1:], item["label"].shape[1:]
-    if image_shape != label_shape:
-        raise UserError(
-            f"{case['label']} has shape {tuple(label_shape)} after resampling, but its image "
-            f"{case['image']} has {tuple(image_shape)}; image and label must cover the same grid."
-        )
-    if item["image"].shape[0] != dataset.in_channels:
-        raise UserError(
-            f"{case['image']} has {item['image'].shape[0]} channel(s), but dataset.json's `modality` "
-            f"lists {dataset.in_channels} ({', '.join(dataset.channel_names)})."
-        )
-    if item["label"].shape[0] != 1:
-        raise UserError(f"{case['label']} must be a single-channel label map.")
-    highest = int(item["label"].max())
-    if highest >= dataset.num_classes:
-        raise UserError(
-            f"{case['label']} contains label {highest}, but dataset.json names only "
-            f"{dataset.num_classes} classes (0..{dataset.num_classes - 1}); "
-            "add it to `labels` or fix the file."
-        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import nibabel as nib
 import numpy as np
 from omegaconf import DictConfig
 
+from ..data.msd import write_msd
 from ..data.synthetic import spheres
 from ..paths import SYNTHETIC
 
@@ -24,24 +24,14 @@ def run(params: DictConfig, workdir: Path) -> None:
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir(parents=True)
     random_state = np.random.RandomState(params.seed)
-    training = []
-    for index in range(spec.num_cases):
+    names = [f"case_{index:03d}" for index in range(spec.num_cases)]
+    for name in names:
         image, label = spheres(
             spec.size, spec.num_objects, tuple(spec.radius), spec.noise, spec.num_classes, random_state
         )
-        name = f"case_{index:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), out / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), out / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    labels = {"0": "background", **{str(i): f"sphere_{i}" for i in range(1, spec.num_classes + 1)}}
-    dataset = {
-        "name": "synthetic",
-        "description": f"Seeded MONAI synthetic spheres (seed={params.seed})",
-        "tensorImageSize": "3D",
-        "modality": {"0": "synthetic"},
-        "labels": labels,
-        "numTraining": len(training),
-        "training": training,
-    }
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), out / "imagesTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), out / "labelsTr" / f"{name}.nii.gz")
+    labels = {0: "background", **{index: f"sphere_{index}" for index in range(1, spec.num_classes + 1)}}
+    description = f"Seeded MONAI synthetic spheres (seed={params.seed})"
+    write_msd(out, "synthetic", labels, ["synthetic"], names, description=description, tensorImageSize="3D")
     log.info("Wrote %d cases of %d^3 voxels to %s (synthetic.*, seed)", spec.num_cases, spec.size, out)

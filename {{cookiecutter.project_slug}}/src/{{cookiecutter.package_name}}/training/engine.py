@@ -76,7 +76,7 @@ def train_one_epoch(
     return float(total) / max(batches, 1)
 
 
-def predict(
+def sliding_window_logits(
     model: torch.nn.Module,
     images: torch.Tensor,
     patch_size: list[int],
@@ -101,7 +101,7 @@ def validate(
     metric = DiceMetric(include_background=False, reduction="mean")
     for batch in loader:
         images = acceleration.inputs(batch["image"])
-        logits = predict(model, images, patch_size, VALIDATION_OVERLAP, acceleration)
+        logits = sliding_window_logits(model, images, patch_size, VALIDATION_OVERLAP, acceleration)
         metric(
             [to_pred(item) for item in decollate_batch(logits)],
             [to_label(item) for item in decollate_batch(batch["label"].to(acceleration.device))],
