@@ -24,6 +24,10 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
   touch "$VENV/.complete"
 fi
 export PATH="$VENV/bin:$PATH"
+# pytest-xdist runs the suites' modules side by side; checked here so that an older .venv gets it.
+if ! "$VENV/bin/python" -c "import xdist" 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet "pytest-xdist>=3.5"
+fi
 # Headless Chromium opens the rendered plots pages (tests/test_plots_offline.py); CI runs as root.
 if ! command -v chromium >/dev/null; then
   apt-get install -y --quiet chromium || { apt-get update --quiet && apt-get install -y --quiet chromium; }

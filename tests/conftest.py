@@ -44,6 +44,24 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# The longest modules, longest first. `.ci/test` runs the modules side by side (pytest-xdist,
+# one module per worker at a time); starting these first lets the workers finish together.
+LONGEST_FIRST = (
+    "test_baked_full_tier",
+    "test_end_to_end",
+    "test_team",
+    "test_real_data",
+    "test_bench",
+    "test_baked_project_tests",
+    "test_readme",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
 def project_env(project: Path, path_prefix: Path | None = None) -> dict[str, str]:
     """Environment for a baked project's tools.
 
@@ -100,6 +118,20 @@ def run(
     if check:
         assert result.returncode == 0, describe(result)
     return result
+
+
+def run_test_tier(project: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run one tier of a baked project's tests as its README writes it; print its slowest tests into CI's log."""
+    arguments = command.split()
+    assert arguments[:3] == ["python", "-m", "pytest"], command
+    extra = ["-q", "-p", "no:cacheprovider", "--durations=15"]
+    result = run([sys.executable, *arguments[1:], *extra], cwd=project, timeout=1800)
+    with capsys.disabled():
+        print(f"\n`{command}`:\n" + result.stdout[result.stdout.rfind("slowest") - 20 :])
+    summary = result.stdout.strip().splitlines()[-1]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 1, f"no test passed: {summary}"
+    assert not re.search(r"\d+ (failed|error)", summary), summary
 
 
 def git(project: Path, *args: str) -> str:

@@ -199,10 +199,13 @@ def assert_workflow(project: Path, python_version: str) -> None:
         (project / ".github" / "workflows" / "ci.yml").read_text()
     )
     readme = (project / "README.md").read_text()
-    assert "runs one job, `test`, on every push and pull request" in readme
+    assert "runs one job, `test`, on the CPU: ruff and the fast tier on every" in readme
     assert list(workflow["jobs"]) == ["test"]
-    steps = workflow["jobs"]["test"]["steps"]
-    assert {step.get("name") for step in steps} >= {"Lint", "Test"}
+    steps = {step.get("name"): step for step in workflow["jobs"]["test"]["steps"]}
+    assert {"Lint", "Fast tier", "Full tier"} <= set(steps)
+    assert steps["Fast tier"]["run"].splitlines()[-1] == "python -m pytest -v"
+    full = steps["Full tier"]
+    assert full["run"] == "python -m pytest -v -m slow" and full["if"] == "github.event_name != 'push'"
     setup = next(
         step
         for step in steps
@@ -210,7 +213,9 @@ def assert_workflow(project: Path, python_version: str) -> None:
     )
     assert setup["with"]["python-version"] == python_version
     # PyYAML reads the bare key `on` as True.
-    assert set(workflow[True]) == {"push", "pull_request"}
+    triggers = workflow[True]
+    assert set(triggers) == {"push", "pull_request", "schedule", "workflow_dispatch"}
+    assert triggers["pull_request"] == {"branches": ["main"]}  # the branch the bake creates
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """Shared fixtures: the project root and its package (found by name at run time), and for the
 end-to-end tests a way to run commands as DVC stages see them in a copy of this project.
 
+Two tiers. `python -m pytest` runs the fast one (everything not marked ``slow``), which shares
+one tiny finished experiment (the ``experiment`` fixture) among the tests that only need one.
+`python -m pytest -m slow` runs the rest: the tests that need pipelines of their own.
+
 The package name is discovered from ``src/`` rather than written here, so that these tests
 carry no template variables and run unchanged in every baked project.
 """
@@ -138,3 +142,15 @@ def exp_run() -> Callable[..., subprocess.CompletedProcess]:
         return _run([sys.executable, "-m", "dvc", "exp", "run", *sets], workspace)
 
     return exp_run
+
+
+@pytest.fixture(scope="session")
+def experiment(
+    tmp_path_factory: pytest.TempPathFactory, copy_project: Callable[[Path], Path], exp_run: Callable
+) -> Path:
+    """A copy of this project after one tiny `dvc exp run`, shared by every test that only needs
+    a finished experiment (made once per pytest-xdist worker that runs such a test). A test that
+    changes it puts it back, and runs a test logs itself stay apart from the pipeline's runs."""
+    target = copy_project(tmp_path_factory.mktemp("experiment"))
+    exp_run(target)
+    return target

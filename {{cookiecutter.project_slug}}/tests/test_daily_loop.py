@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-MAKE_TARGETS = ("run", "sweep", "show", "ui", "test", "doctor")
+MAKE_TARGETS = ("run", "sweep", "show", "ui", "test", "test-full", "doctor")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""verify, reproduce, sync, the run-cache and parallel queue runs, on a copy of this project.
+"""verify, reproduce, sync, the run-cache and parallel queue runs, on the shared experiment.
 
 Each hash is shown to move alone: a voxel moves only the data hash, a param only the params
 hash, a line of stage code only the code hash (and git.dirty), and an unused file nothing.
+The checks take seconds and run in the fast tier; the ones that re-run stages are ``slow``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ import yaml
 from conftest import TINY
 
 PROJECT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cli(run):
-    """``cli(workspace, *args)``: this project's command line in a copy; never fails the test."""
+    """``cli(experiment, *args)``: this project's command line in a copy; never fails the test."""
 
-    def call(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-        package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
-        return run([sys.executable, "-m", package, *args], workspace, check=False)
+    def call(experiment: Path, *args: str) -> subprocess.CompletedProcess:
+        package = next(p.parent.name for p in (experiment / "src").glob("*/cli.py"))
+        return run([sys.executable, "-m", package, *args], experiment, check=False)
 
     return call
 
@@ -41,24 +41,17 @@ def mismatches(result: subprocess.CompletedProcess) -> set[str]:
     return {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("MISMATCH")}
 
 
-def client_for(workspace: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+def client_for(experiment: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{experiment / 'mlflow.db'}")
 
 
-def run_id(workspace: Path, stage: str) -> str:
-    return json.loads((workspace / f"metrics/{stage}.json").read_text())["mlflow_run_id"]
+def run_id(experiment: Path, stage: str) -> str:
+    return json.loads((experiment / f"metrics/{stage}.json").read_text())["mlflow_run_id"]
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, copy_project, exp_run) -> Path:
-    target = copy_project(tmp_path_factory.mktemp("tools"))
-    exp_run(target)
-    return target
-
-
-def test_verify_matches_the_workspace_run(workspace: Path, cli) -> None:
+def test_verify_matches_the_workspace_run(experiment: Path, cli) -> None:
     started = time.perf_counter()
-    result = cli(workspace, "verify")
+    result = cli(experiment, "verify")
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stdout + result.stderr
     checked = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("match")}
@@ -67,11 +60,11 @@ def test_verify_matches_the_workspace_run(workspace: Path, cli) -> None:
 
 
 def test_verify_accepts_a_later_commit_with_the_same_sources(
-    workspace: Path, cli, run, tmp_path: Path
+    experiment: Path, cli, run, tmp_path: Path
 ) -> None:
     """The team's flow: results committed after the run; a code change there is still caught."""
     clone = tmp_path / "clone"
-    shutil.copytree(workspace, clone, symlinks=True)
+    shutil.copytree(experiment, clone, symlinks=True)
     recorded = client_for(clone).get_run(run_id(clone, "evaluate")).data.tags["git.commit"]
     run(["git", "add", "--all"], clone)
     run(["git", "commit", "--quiet", "-m", "Results of the first experiment"], clone)
@@ -87,72 +80,72 @@ def test_verify_accepts_a_later_commit_with_the_same_sources(
     assert mismatches(result) == {"git.commit", "code.evaluate.md5"}
 
 
-def test_one_voxel_changes_only_the_data_hash(workspace: Path, cli, run) -> None:
-    case = workspace / "data/synthetic/imagesTr/case_000.nii.gz"
+def test_one_voxel_changes_only_the_data_hash(experiment: Path, cli, run) -> None:
+    case = experiment / "data/synthetic/imagesTr/case_000.nii.gz"
     image = nib.load(case)
     voxels = image.get_fdata().astype("float32")
     voxels[0, 0, 0] += 1.0
     nib.save(nib.Nifti1Image(voxels, image.affine), case)
     try:
-        result = cli(workspace, "verify")
+        result = cli(experiment, "verify")
         assert result.returncode == 1
         assert mismatches(result) == {"data.synthetic.md5"}
     finally:
-        run([sys.executable, "-m", "dvc", "checkout", "--force", "data/synthetic"], workspace)
+        run([sys.executable, "-m", "dvc", "checkout", "--force", "data/synthetic"], experiment)
 
 
-def test_one_param_changes_only_the_params_hash(workspace: Path, cli) -> None:
-    params = workspace / "params.yaml"
+def test_one_param_changes_only_the_params_hash(experiment: Path, cli) -> None:
+    params = experiment / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("lr: 0.002", "lr: 0.003"))
     try:
-        result = cli(workspace, "verify")
+        result = cli(experiment, "verify")
         assert result.returncode == 1
         assert mismatches(result) == {"params.sha256"}
     finally:
         params.write_text(original)
 
 
-def test_one_line_of_stage_code_changes_only_the_code_hash(workspace: Path, cli) -> None:
-    stage = next((workspace / "src").glob("*/stages/evaluate.py"))
+def test_one_line_of_stage_code_changes_only_the_code_hash(experiment: Path, cli) -> None:
+    stage = next((experiment / "src").glob("*/stages/evaluate.py"))
     original = stage.read_text()
     stage.write_text(original + "\n# one more line\n")
     try:
-        result = cli(workspace, "verify")
+        result = cli(experiment, "verify")
         assert result.returncode == 1
         assert mismatches(result) == {"code.evaluate.md5", "git.dirty"}
     finally:
         stage.write_text(original)
 
 
-def test_a_file_no_stage_uses_changes_nothing(workspace: Path, cli) -> None:
-    readme = workspace / "README.md"
+def test_a_file_no_stage_uses_changes_nothing(experiment: Path, cli) -> None:
+    readme = experiment / "README.md"
     original = readme.read_text()
     readme.write_text(original + "\nA note.\n")
     try:
-        result = cli(workspace, "verify")
+        result = cli(experiment, "verify")
         assert result.returncode == 0, result.stdout
         assert mismatches(result) == set()
     finally:
         readme.write_text(original)
 
 
-def test_environment_difference_is_a_warning_not_a_failure(workspace: Path, cli) -> None:
-    client = client_for(workspace)
-    evaluate_run = run_id(workspace, "evaluate")
+def test_environment_difference_is_a_warning_not_a_failure(experiment: Path, cli) -> None:
+    client = client_for(experiment)
+    evaluate_run = run_id(experiment, "evaluate")
     recorded = client.get_run(evaluate_run).data.tags["env.torch"]
     client.set_tag(evaluate_run, "env.torch", "0.0.1")
     try:
-        result = cli(workspace, "verify")
+        result = cli(experiment, "verify")
         assert result.returncode == 0
         assert any(line.split()[:2] == ["warning", "env.torch"] for line in result.stdout.splitlines())
     finally:
         client.set_tag(evaluate_run, "env.torch", recorded)
 
 
-def test_runs_record_environment_and_determinism(workspace: Path) -> None:
-    client = client_for(workspace)
-    train = client.get_run(run_id(workspace, "train"))
+def test_runs_record_environment_and_determinism(experiment: Path) -> None:
+    client = client_for(experiment)
+    train = client.get_run(run_id(experiment, "train"))
     for tag in ("env.python", "env.torch", "env.cuda", "env.cudnn", "env.monai", "env.gpu", "env.gpu_driver"):
         assert train.data.tags[tag]
     assert train.data.tags["deterministic"] == "true"
@@ -160,19 +153,20 @@ def test_runs_record_environment_and_determinism(workspace: Path) -> None:
     assert "torch==" in Path(packages).read_text()
 
 
-def test_reproduce_gives_bitwise_equal_metrics_on_cpu(workspace: Path, cli, run) -> None:
+@pytest.mark.slow
+def test_reproduce_gives_bitwise_equal_metrics_on_cpu(experiment: Path, cli, run) -> None:
     for stage in ("train", "evaluate"):
-        result = cli(workspace, "reproduce", run_id(workspace, stage))
+        result = cli(experiment, "reproduce", run_id(experiment, stage))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "agree (bitwise)" in result.stdout and "metrics agree" in result.stdout
-    assert run(["git", "status", "--porcelain", "--", "src", "conf", "dvc.yaml"], workspace).stdout == ""
-    assert "reproduce-" not in run(["git", "worktree", "list"], workspace).stdout
+    assert run(["git", "status", "--porcelain", "--", "src", "conf", "dvc.yaml"], experiment).stdout == ""
+    assert "reproduce-" not in run(["git", "worktree", "list"], experiment).stdout
 
 
 @contextmanager
-def without_dvc_cache(workspace: Path) -> Iterator[None]:
+def without_dvc_cache(experiment: Path) -> Iterator[None]:
     """The DVC cache moved aside for the block, as on a machine that never had the data."""
-    cache, hidden = workspace / ".dvc/cache", workspace / ".dvc/cache-hidden"
+    cache, hidden = experiment / ".dvc/cache", experiment / ".dvc/cache-hidden"
     cache.rename(hidden)
     try:
         yield
@@ -181,35 +175,43 @@ def without_dvc_cache(workspace: Path) -> Iterator[None]:
         hidden.rename(cache)
 
 
-def test_reproduce_names_a_missing_input(workspace: Path, cli) -> None:
-    with without_dvc_cache(workspace):
-        result = cli(workspace, "reproduce", run_id(workspace, "train"))
+@pytest.mark.slow
+def test_reproduce_names_a_missing_input(experiment: Path, cli) -> None:
+    with without_dvc_cache(experiment):
+        result = cli(experiment, "reproduce", run_id(experiment, "train"))
     assert result.returncode == 2
     assert "data/processed" in result.stderr and "dvc pull" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_reproduce_pulls_inputs_from_the_remote(workspace: Path, cli, run, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_reproduce_pulls_inputs_from_the_remote(experiment: Path, cli, run, tmp_path: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
-    run([*dvc, "remote", "add", "--local", "--default", "storage", str(tmp_path / "remote")], workspace)
-    run([*dvc, "push"], workspace)
+    run([*dvc, "remote", "add", "--local", "--default", "storage", str(tmp_path / "remote")], experiment)
+    run([*dvc, "push"], experiment)
     try:
-        with without_dvc_cache(workspace):
-            result = cli(workspace, "reproduce", run_id(workspace, "evaluate"))
+        with without_dvc_cache(experiment):
+            result = cli(experiment, "reproduce", run_id(experiment, "evaluate"))
     finally:
-        run([*dvc, "remote", "remove", "--local", "storage"], workspace)
+        run([*dvc, "remote", "remove", "--local", "storage"], experiment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "metrics agree" in result.stdout
 
 
-def crafted_run(workspace: Path, pkg, marker: Path, **extra: object) -> str:
+def crafted_experiment(client: mlflow.MlflowClient) -> str:
+    """An MLflow experiment of its own for crafted runs, apart from the runs the pipeline logged."""
+    found = client.get_experiment_by_name("crafted")
+    return found.experiment_id if found else client.create_experiment("crafted")
+
+
+def crafted_run(experiment: Path, pkg, marker: Path, **extra: object) -> str:
     """A run written into the tracking store as anyone who can reach the server could write it.
 
-    It copies the workspace's train run (tags, metrics), and its logged config builds
+    It copies the experiment's train run (tags, metrics), and its logged config builds
     ``monai.utils.run_cmd`` as the loss, with ``params.sha256`` recomputed to match.
     """
-    client = client_for(workspace)
-    real = client.get_run(run_id(workspace, "train"))
+    client = client_for(experiment)
+    real = client.get_run(run_id(experiment, "train"))
     logged = mlflow.artifacts.download_artifacts(
         run_id=real.info.run_id, artifact_path="config/params.yaml", tracking_uri=client.tracking_uri
     )
@@ -219,7 +221,7 @@ def crafted_run(workspace: Path, pkg, marker: Path, **extra: object) -> str:
     provenance = importlib.import_module(f"{pkg.__name__}.lab.provenance")
     tags = {key: value for key, value in real.data.tags.items() if not key.startswith("mlflow.")}
     tags["params.sha256"] = provenance.params_sha256(params)
-    crafted = client.create_run(real.info.experiment_id, tags=tags, run_name="crafted-train")
+    crafted = client.create_run(crafted_experiment(client), tags=tags, run_name="crafted-train")
     for key, value in real.data.metrics.items():
         client.log_metric(crafted.info.run_id, key, value)
     client.log_dict(crafted.info.run_id, params, "config/params.yaml")
@@ -231,54 +233,55 @@ def crafted_run(workspace: Path, pkg, marker: Path, **extra: object) -> str:
     "extra", [{}, {"allowed_targets": ["monai.utils"]}], ids=["guard", "allowed_targets in the record"]
 )
 def test_reproduce_refuses_a_crafted_run_before_any_stage_runs(
-    workspace: Path, cli, run, pkg, extra: dict
+    experiment: Path, cli, run, pkg, extra: dict
 ) -> None:
-    marker = workspace.parent / "reproduced-marker"
-    crafted = crafted_run(workspace, pkg, marker, **extra)
-    runs_before = len(
-        client_for(workspace).search_runs([client_for(workspace).get_run(crafted).info.experiment_id])
-    )
-    result = cli(workspace, "reproduce", crafted)
+    marker = experiment.parent / "reproduced-marker"
+    crafted = crafted_run(experiment, pkg, marker, **extra)
+    client = client_for(experiment)
+    project_runs = client.get_run(run_id(experiment, "train")).info.experiment_id  # where stages log
+    runs_before = len(client.search_runs([project_runs]))
+    result = cli(experiment, "reproduce", crafted)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     expected = "`allowed_targets` holds" if extra else "`loss._target_=monai.utils.run_cmd` is refused"
     assert f"the params logged with run {crafted}: {expected}" in result.stderr
     assert "Re-running stage" not in result.stdout and "Traceback" not in result.stderr
     assert not marker.exists()
-    experiment = client_for(workspace).get_run(crafted).info.experiment_id
-    assert len(client_for(workspace).search_runs([experiment])) == runs_before
-    assert "reproduce-" not in run(["git", "worktree", "list"], workspace).stdout
+    assert len(client.search_runs([project_runs])) == runs_before
+    assert "reproduce-" not in run(["git", "worktree", "list"], experiment).stdout
 
 
-def test_reproduce_refuses_recorded_values_that_git_or_dvc_would_not_write(workspace: Path, cli) -> None:
-    client = client_for(workspace)
-    real = client.get_run(run_id(workspace, "train"))
+def test_reproduce_refuses_recorded_values_that_git_or_dvc_would_not_write(experiment: Path, cli) -> None:
+    client = client_for(experiment)
+    real = client.get_run(run_id(experiment, "train"))
     for tag, value in (("git.commit", "--output=/tmp/x"), ("data.processed.path", "../../outside")):
         tags = {key: value for key, value in real.data.tags.items() if not key.startswith("mlflow.")}
-        crafted = client.create_run(real.info.experiment_id, tags=tags | {tag: value})
-        result = cli(workspace, "reproduce", crafted.info.run_id)
+        crafted = client.create_run(crafted_experiment(client), tags=tags | {tag: value})
+        result = cli(experiment, "reproduce", crafted.info.run_id)
         assert result.returncode == 2 and "refused" in result.stderr and value in result.stderr
 
 
-def test_run_cache_restores_point_at_the_original_runs(workspace: Path, exp_run) -> None:
-    client = client_for(workspace)
-    experiment = client.get_run(run_id(workspace, "train")).info.experiment_id
-    first = {stage: run_id(workspace, stage) for stage in ("train", "evaluate")}
-    exp_run(workspace, "lr=0.001")
-    count = len(client.search_runs([experiment]))
-    exp_run(workspace, "lr=0.002")  # same inputs as the first experiment: DVC restores both stages
-    assert {stage: run_id(workspace, stage) for stage in ("train", "evaluate")} == first
-    assert len(client.search_runs([experiment])) == count
+@pytest.mark.slow
+def test_run_cache_restores_point_at_the_original_runs(experiment: Path, exp_run) -> None:
+    client = client_for(experiment)
+    experiment_id = client.get_run(run_id(experiment, "train")).info.experiment_id
+    first = {stage: run_id(experiment, stage) for stage in ("train", "evaluate")}
+    exp_run(experiment, "lr=0.001")
+    count = len(client.search_runs([experiment_id]))
+    exp_run(experiment, "lr=0.002")  # same inputs as the first experiment: DVC restores both stages
+    assert {stage: run_id(experiment, stage) for stage in ("train", "evaluate")} == first
+    assert len(client.search_runs([experiment_id])) == count
 
 
-def test_sync_tags_runs_with_their_experiment_commit(workspace: Path, cli, run) -> None:
-    assert cli(workspace, "sync").returncode == 0
-    refs = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], workspace).stdout
+def test_sync_tags_runs_with_their_experiment_commit(experiment: Path, cli, run) -> None:
+    assert cli(experiment, "sync").returncode == 0
+    refs = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], experiment).stdout
     commits = {ref.rsplit("/", 1)[-1]: sha for ref, sha in (line.split() for line in refs.splitlines())}
-    client = client_for(workspace)
-    train = client.get_run(run_id(workspace, "train"))
+    client = client_for(experiment)
+    train = client.get_run(run_id(experiment, "train"))
     assert train.data.tags["dvc.exp_commit"] == commits[train.data.tags["dvc.exp_name"]]
 
 
+@pytest.mark.slow
 def test_parallel_queue_on_a_new_store(tmp_path: Path, copy_project, run) -> None:
     workspace = copy_project(tmp_path)
     assert not (workspace / "mlflow.db").exists()

@@ -1,4 +1,4 @@
-"""Registers ``${conf_sha256:}``, which writes a fingerprint of ``conf/`` into params.yaml.
+"""Registers ``${conf_sha256:}``, which writes a hash of ``conf/`` into params.yaml.
 
 DVC imports every module under ``hydra_plugins`` (found through ``plugins_path`` in
 ``.dvc/config``) before it composes ``conf/`` into params.yaml. Stages recompute the same
