@@ -8,8 +8,22 @@ an uninterrupted one bit for bit. So no edit in here can change a result, and la
 dependency of a stage in dvc.yaml nor part of a run's code identity (README, Layout).
 """
 
-from .provenance import inputs_sha256
-from .registry import register
-from .tracking import log_metrics, log_model, start_run, write_run_metrics
+import importlib
 
-__all__ = ["inputs_sha256", "log_metrics", "log_model", "register", "start_run", "write_run_metrics"]
+# Each name and the module that defines it, imported on first use, so that the command line
+# reaches `lab.commands` without loading MLflow.
+_SEAM = {
+    "inputs_sha256": "provenance",
+    "log_metrics": "tracking",
+    "log_model": "tracking",
+    "register": "registry",
+    "start_run": "tracking",
+    "write_run_metrics": "tracking",
+}
+__all__ = sorted(_SEAM)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _SEAM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_SEAM[name]}", __name__), name)
