@@ -46,8 +46,12 @@ class Acceleration:
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def inputs(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A batch moved to the device, asynchronously from pinned memory, in the model's layout."""
-        tensor = tensor.to(self.device, non_blocking=True)
+        """A batch moved to the device, asynchronously from pinned memory, in the model's layout.
+
+        It reaches the network as a plain tensor: the network needs none of MONAI's metadata,
+        and ``torch.compile`` cannot trace a MetaTensor (it fails in the convolution).
+        """
+        tensor = tensor.to(self.device, non_blocking=True).as_subclass(torch.Tensor)
         return tensor.to(memory_format=torch.channels_last_3d) if self.channels_last else tensor
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
