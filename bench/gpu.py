@@ -185,7 +185,7 @@ def like_for_like(bench: Bench, pristine: Path) -> tuple[str, bool]:
         if line.strip().startswith(wanted)
     ]
     ratio = re.search(r"train throughput .*? = ([\d.]+)", printed)
-    overhead = re.search(r"tracking overhead ([\d.]+) %", " ".join(printed.split()))
+    overhead = re.search(r"tracking overhead (-?[\d.]+) %", " ".join(printed.split()))
     if not (lines and ratio and overhead):
         raise RuntimeError(f"bench/train.py printed no figures: {printed[-1500:]}")
     met = bench.quick or (

@@ -208,7 +208,7 @@ def assert_workflow(project: Path, python_version: str) -> None:
     assert full["run"] == "python -m pytest -v -m slow" and full["if"] == "github.event_name != 'push'"
     setup = next(
         step
-        for step in steps
+        for step in steps.values()
         if step.get("uses", "").startswith("actions/setup-python")
     )
     assert setup["with"]["python-version"] == python_version
