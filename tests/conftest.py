@@ -120,18 +120,32 @@ def run(
     return result
 
 
-def run_test_tier(project: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Run one tier of a baked project's tests as its README writes it; print its slowest tests into CI's log."""
+def run_test_tier(
+    project: Path, command: str, record_property: Callable[[str, object], None]
+) -> None:
+    """Run one tier of a baked project's tests as its README writes it. Its slowest tests go
+    into this test's report, which the summary below prints in CI's log (also under xdist)."""
     arguments = command.split()
     assert arguments[:3] == ["python", "-m", "pytest"], command
     extra = ["-q", "-p", "no:cacheprovider", "--durations=15"]
     result = run([sys.executable, *arguments[1:], *extra], cwd=project, timeout=1800)
-    with capsys.disabled():
-        print(f"\n`{command}`:\n" + result.stdout[result.stdout.rfind("slowest") - 20 :])
+    slowest = result.stdout[result.stdout.rfind("slowest") - 20 :]
+    record_property(BAKED_SLOWEST, f"`{command}`:\n{slowest}")
     summary = result.stdout.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 1, f"no test passed: {summary}"
     assert not re.search(r"\d+ (failed|error)", summary), summary
+
+
+BAKED_SLOWEST = "the baked tier's slowest tests"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == BAKED_SLOWEST:
+                terminalreporter.write_sep("=", f"{name}, from {report.nodeid}")
+                terminalreporter.write_line(value)
 
 
 def git(project: Path, *args: str) -> str:

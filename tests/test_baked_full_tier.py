@@ -17,6 +17,6 @@ def project(bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_full_tier_passes(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_full_tier_passes(project: Path, record_property) -> None:
     assert f"(`{FULL_TIER}`, `make test-full`" in (project / "README.md").read_text()
-    run_test_tier(project, FULL_TIER, capsys)
+    run_test_tier(project, FULL_TIER, record_property)

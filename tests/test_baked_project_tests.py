@@ -17,10 +17,10 @@ def project(bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow  # it runs a tiny pipeline
-def test_the_fast_tier_passes(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_fast_tier_passes(project: Path, record_property) -> None:
     tests_block = dict(readme_blocks(project))["Tests and layout"]
     assert tests_block[0] == "python -m pytest", tests_block
-    run_test_tier(project, tests_block[0], capsys)
+    run_test_tier(project, tests_block[0], record_property)
 
 
 def test_baked_project_is_ruff_clean(project: Path) -> None:
