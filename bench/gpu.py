@@ -174,10 +174,12 @@ def like_for_like(bench: Bench, pristine: Path) -> tuple[str, bool]:
     printed = bench.run(*args)
     wanted = (
         "train throughput",
-        "tracking overhead",
         "stage start-up",
-        "fast path",
+        "tracking overhead",
+        "no-op dvc exp run",
         "default dvc exp run",
+        "stage imports",
+        "GPU fast path",
     )
     lines = [
         " ".join(line.split())

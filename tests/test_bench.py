@@ -41,7 +41,9 @@ def test_the_gpu_proof_runs_every_step_in_its_cpu_mode(tmp_path) -> None:
         "--quick",
     ]
     result = run([*command, "--out", out], cwd=tmp_path, timeout=1500)
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][2:]
+    table = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert table[0] == "| step | status | figures | target |", table
+    rows = table[1:]
     steps = {row.split(" | ")[0].strip("| "): row.split(" | ")[1] for row in rows}
     assert steps == dict.fromkeys(
         ["default", "bench", "gpu-size", "compile", "channels-last", "reproduce"], "ok"
