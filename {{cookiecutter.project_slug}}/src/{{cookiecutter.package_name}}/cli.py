@@ -39,12 +39,14 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    known, runners = COMMANDS, RUNNERS
     # A stage's process reads no tool's code, so that the tools are no stage's dep in dvc.yaml.
-    tools = None if argv[:1] and argv[0] in COMMANDS else package_module(".lab.commands")
-    runners = RUNNERS | (tools.RUNNERS if tools else {})
+    if not (argv[:1] and argv[0] in COMMANDS):
+        tools = package_module(".lab.commands")
+        known, runners = COMMANDS | tools.COMMANDS, RUNNERS | tools.RUNNERS
     parser = argparse.ArgumentParser(prog=__package__, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, (text, arguments) in (COMMANDS | (tools.COMMANDS if tools else {})).items():
+    for name, (text, arguments) in known.items():
         command = commands.add_parser(name, help=text)
         for flags, options in arguments:
             command.add_argument(*flags, **options)
