@@ -2,7 +2,8 @@
 end-to-end tests a way to run commands as DVC stages see them in a copy of this project.
 
 Two tiers. `python -m pytest` runs the fast one (everything not marked ``slow``), which shares
-one tiny finished experiment (the ``experiment`` fixture) among the tests that only need one.
+one tiny finished experiment (the ``experiment`` fixture) among the tests that only need one,
+made once per session even when pytest-xdist runs the tests in several processes.
 `python -m pytest -m slow` runs the rest: the tests that need pipelines of their own.
 
 The package name is discovered from ``src/`` rather than written here, so that these tests
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -145,12 +147,49 @@ def exp_run() -> Callable[..., subprocess.CompletedProcess]:
 
 
 @pytest.fixture(scope="session")
-def experiment(
+def made_experiment(
     tmp_path_factory: pytest.TempPathFactory, copy_project: Callable[[Path], Path], exp_run: Callable
 ) -> Path:
-    """A copy of this project after one tiny `dvc exp run`, shared by every test that only needs
-    a finished experiment (made once per pytest-xdist worker that runs such a test). A test that
-    changes it puts it back, and runs a test logs itself stay apart from the pipeline's runs."""
-    target = copy_project(tmp_path_factory.mktemp("experiment"))
-    exp_run(target)
-    return target
+    """A copy of this project after one tiny `dvc exp run`, made once per session: tests work in
+    copies of it (``experiment``, ``copy_experiment``) and never change it. What the run
+    printed is kept beside it, in ``exp-run.log``.
+
+    Under pytest-xdist the first worker that needs it makes it, under a lock in the folder that
+    the session's workers share, and the others wait for it.
+    """
+
+    def make(folder: Path) -> None:
+        result = exp_run(copy_project(folder))
+        (folder / "exp-run.log").write_text(result.stdout + result.stderr)
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp("made-experiment")
+        make(folder)
+        return folder / PROJECT_ROOT.name
+    folder = tmp_path_factory.getbasetemp().parent / "made-experiment"  # .../pytest-N/: this session's
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "exp-run.log").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a worker that failed half-way
+            folder.mkdir()
+            make(folder)
+    return folder / PROJECT_ROOT.name
+
+
+@pytest.fixture(scope="session")
+def copy_experiment(made_experiment: Path) -> Callable[[Path], Path]:
+    """``copy_experiment(parent)``: a copy of the finished tiny experiment under ``parent``, for a
+    test that goes on from it (its data stages then come from DVC's cache)."""
+
+    def copy(parent: Path) -> Path:
+        target = parent / PROJECT_ROOT.name
+        shutil.copytree(made_experiment, target, symlinks=True)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def experiment(tmp_path_factory: pytest.TempPathFactory, copy_experiment: Callable[[Path], Path]) -> Path:
+    """The finished tiny experiment, shared by every test of this process that only needs one. A
+    test that changes it puts it back, and runs a test logs itself stay apart from the pipeline's."""
+    return copy_experiment(tmp_path_factory.mktemp("experiment"))

@@ -20,9 +20,9 @@ TOLERANCE = {"final_train_loss": 0.02, "best_val_dice": 0.1}
 
 
 def test_two_processes_give_one_run_one_checkpoint_set_and_close_metrics(
-    tmp_path: Path, copy_project, exp_run, run
+    tmp_path: Path, copy_experiment, exp_run, run
 ) -> None:
-    workspace = copy_project(tmp_path)
+    workspace = copy_experiment(tmp_path)  # its data stages come from DVC's cache
     exp_run(workspace, "trainer=cpu", "batch_size=2")
     single = json.loads((workspace / "metrics" / "train.json").read_text())
     result = exp_run(workspace, "trainer=ddp", "trainer.nproc_per_node=2", "batch_size=1")

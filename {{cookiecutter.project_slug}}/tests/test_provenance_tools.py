@@ -1,4 +1,4 @@
-"""verify, reproduce, sync, the run-cache and parallel queue runs, on the shared experiment.
+"""verify, reproduce, sync and the run-cache, on the shared experiment.
 
 Each hash is shown to move alone: a voxel moves only the data hash, a param only the params
 hash, a line of stage code only the code hash (and git.dirty), and an unused file nothing.
@@ -21,7 +21,6 @@ import mlflow
 import nibabel as nib
 import pytest
 import yaml
-from conftest import TINY
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -279,27 +278,3 @@ def test_sync_tags_runs_with_their_experiment_commit(experiment: Path, cli, run)
     client = client_for(experiment)
     train = client.get_run(run_id(experiment, "train"))
     assert train.data.tags["dvc.exp_commit"] == commits[train.data.tags["dvc.exp_name"]]
-
-
-@pytest.mark.slow
-def test_parallel_queue_on_a_new_store(tmp_path: Path, copy_project, run) -> None:
-    workspace = copy_project(tmp_path)
-    assert not (workspace / "mlflow.db").exists()
-    sets = [arg for override in TINY for arg in ("-S", override)]
-    queue = [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "lr=1e-3,3e-4", *sets]
-    run(queue, workspace)
-    run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], workspace)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run([sys.executable, "-m", "dvc", "queue", "status"], workspace).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(3)
-    assert status.count("Success") == 2, status
-    client = client_for(workspace)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    project_experiment = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"][
-        "experiment_name"
-    ]
-    assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {project_experiment}
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)

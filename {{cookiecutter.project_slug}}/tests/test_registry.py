@@ -55,24 +55,30 @@ torch.save(predict(model, image, args["patch_size"], args["overlap"], plain), ar
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable, exp_run: Run) -> dict:
-    """Run the experiments once; record what the registry and workspace said after each."""
-    workspace = copy_project(tmp_path_factory.mktemp("registry"))
+def story(
+    tmp_path_factory: pytest.TempPathFactory, made_experiment: Path, copy_experiment: Callable, exp_run: Run
+) -> dict:
+    """Run the experiments once; record what the registry and workspace said after each. The
+    first is the session's finished tiny experiment."""
+    workspace = copy_experiment(tmp_path_factory.mktemp("registry"))
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     name = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
 
-    def step(*overrides: str) -> dict:
-        output = exp_run(workspace, *overrides)
+    def record(log: str) -> dict:
         versions = client.search_model_versions(f"name = '{name}'")
         return {
-            "log": output.stdout + output.stderr,
+            "log": log,
             "evaluate": json.loads((workspace / "metrics/evaluate.json").read_text()),
             "train_run_id": json.loads((workspace / "metrics/train.json").read_text())["mlflow_run_id"],
             "versions": sorted(int(version.version) for version in versions),
             "champion": client.get_registered_model(name).aliases.get("champion") if versions else None,
         }
 
-    first = step()
+    def step(*overrides: str) -> dict:
+        output = exp_run(workspace, *overrides)
+        return record(output.stdout + output.stderr)
+
+    first = record((made_experiment.parent / "exp-run.log").read_text())
     unregistered = step(WORSE, "tracking.register_model=false")
     dice_first, dice_worse = first["evaluate"]["dice_mean"], unregistered["evaluate"]["dice_mean"]
     assert dice_worse != dice_first, "the two settings scored the same; no mode can order them"

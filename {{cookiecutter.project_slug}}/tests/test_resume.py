@@ -18,8 +18,8 @@ STOP_AFTER = f"epoch 2/{EPOCHS} "
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory, copy_project: Callable, exp_run: Callable) -> dict:
-    workspace = copy_project(tmp_path_factory.mktemp("resume"))
+def story(tmp_path_factory: pytest.TempPathFactory, copy_experiment: Callable, exp_run: Callable) -> dict:
+    workspace = copy_experiment(tmp_path_factory.mktemp("resume"))
     exp_run(workspace, f"epochs={EPOCHS}")  # the uninterrupted run; params.yaml keeps its values
     uninterrupted = json.loads((workspace / "metrics/train.json").read_text())
 

@@ -1,4 +1,5 @@
-"""`search`: every Optuna trial is a DVC experiment and an MLflow run; a stopped study resumes."""
+"""`search`: every Optuna trial is a DVC experiment and an MLflow run; parallel trials share a new
+tracking store safely; a stopped study resumes."""
 
 from __future__ import annotations
 
@@ -31,9 +32,18 @@ def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Pat
     package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
     search = [sys.executable, "-m", package, "search", *(arg for o in TINY for arg in ("-S", o))]
 
-    run([*search, "--trials", "1"], workspace)
-    # Stopped after 1; asked for 3, it adds 2, run side by side through DVC's queue.
-    resumed = run([*search, "--trials", "3", "--jobs", "2"], workspace)
+    # Two trials side by side through DVC's queue, on a tracking store that does not exist yet:
+    # both workers create it at once, and every run lands, finished, in the project's experiment.
+    assert not (workspace / "mlflow.db").exists()
+    run([*search, "--trials", "2", "--jobs", "2"], workspace)
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    name = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {client.get_experiment(r.info.experiment_id).name for r in runs} == {name}
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+
+    # Stopped after 2; asked for 3, it adds 1.
+    resumed = run([*search, "--trials", "3"], workspace)
     assert "Best of 3 trials" in resumed.stderr, resumed.stderr[-2000:]
 
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}")
@@ -46,8 +56,6 @@ def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Pat
         assert shown[trial.user_attrs["dvc_exp_name"]]["dice_mean"] == pytest.approx(trial.value)
     assert study.best_value == max(trial.value for trial in complete)
 
-    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    name = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
     experiment_id = client.get_experiment_by_name(name).experiment_id
     runs = client.search_runs([experiment_id], "tags.stage = 'train'", max_results=100)
     assert sorted(r.data.tags["dvc.exp_name"] for r in runs) == sorted(names)

@@ -58,7 +58,7 @@ def test_wandb_runs_offline_with_the_same_record(written: dict) -> None:
 def test_an_experiment_with_both_sinks_writes_them_for_train_and_evaluate(
     tmp_path_factory: pytest.TempPathFactory, copy_project, exp_run
 ) -> None:
-    workspace = copy_project(tmp_path_factory.mktemp("sinks-pipeline"))
+    workspace = copy_project(tmp_path_factory.mktemp("sinks-pipeline"))  # sinks are no stage dep
     exp_run(workspace, "tracking.sinks=[tensorboard,wandb]")
     # One folder per MLflow run: <experiment>-<stage>-<run id prefix>.
     stages = sorted(path.name.rsplit("-", 2)[1] for path in (workspace / "tensorboard").iterdir())

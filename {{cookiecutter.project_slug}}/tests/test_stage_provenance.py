@@ -23,10 +23,9 @@ STAGES = ("synthesize", "fingerprint", "preprocess", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, copy_project, exp_run, run) -> Path:
-    """A copy of this project after one tiny experiment, its results committed."""
-    target = copy_project(tmp_path_factory.mktemp("stage-provenance"))
-    exp_run(target)
+def workspace(tmp_path_factory: pytest.TempPathFactory, copy_experiment, run) -> Path:
+    """A copy of the session's finished tiny experiment, its results committed."""
+    target = copy_experiment(tmp_path_factory.mktemp("stage-provenance"))
     run(["git", "add", "--all"], target)
     run(["git", "commit", "--quiet", "-m", "Results of the first experiment"], target)
     return target
