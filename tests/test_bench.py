@@ -31,7 +31,8 @@ def test_benchmark_runs_in_quick_mode(
 
 
 def test_the_gpu_proof_runs_every_step_in_its_cpu_mode(tmp_path) -> None:
-    """bench/gpu.py, which a lent GPU runs, cannot rot between GPU runs: each step passes here."""
+    """bench/gpu.py, which a lent GPU runs, cannot rot between GPU runs: each step passes here,
+    bar torch.compile, which only the GPU runs (inductor's CPU build takes minutes)."""
     out = tmp_path / "summary.md"
     command = [
         sys.executable,
@@ -45,9 +46,8 @@ def test_the_gpu_proof_runs_every_step_in_its_cpu_mode(tmp_path) -> None:
     assert table[0] == "| step | status | figures | target |", table
     rows = table[1:]
     steps = {row.split(" | ")[0].strip("| "): row.split(" | ")[1] for row in rows}
-    assert steps == dict.fromkeys(
-        ["default", "bench", "gpu-size", "compile", "channels-last", "reproduce"], "ok"
-    ), result.stdout
+    ran = ["default", "bench", "gpu-size", "channels-last", "reproduce"]
+    assert steps == {**dict.fromkeys(ran, "ok"), "compile": "skipped"}, result.stdout
     summary = out.read_text()
     assert "metrics agree" in summary and "predict wrote 1 mask(s)" in summary
     # Its bench step runs bench/train.py --quick: the train benchmark's check, done once here.
