@@ -22,6 +22,7 @@ the GPU utilisation that MLflow's system metrics sampled.
 
     python bench/train.py                # the template's default experiment, best of 3
     python bench/train.py --quick        # 2 epochs on tiny data, once: checks that it runs (CI)
+    python bench/train.py --workdir DIR  # keeps the project in DIR (bench/gpu.py goes on there)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -87,6 +89,11 @@ def main() -> None:
         "--project", type=Path, help="a freshly baked project to copy instead of baking"
     )
     parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="bake into this folder and keep it (default: a temporary one)",
+    )
+    parser.add_argument(
         "-S",
         dest="overrides",
         action="append",
@@ -97,7 +104,12 @@ def main() -> None:
     overrides = (QUICK if args.quick else []) + args.overrides
     repeats = 1 if args.quick else args.repeats
 
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+    workdir = (
+        nullcontext(str(args.workdir))
+        if args.workdir
+        else tempfile.TemporaryDirectory(prefix="bench-train-")
+    )
+    with workdir as scratch:
         env = tool_env()
         project = bake(scratch, env, args.project)
         sets = [arg for override in overrides for arg in ("-S", override)]
@@ -205,6 +217,7 @@ def main() -> None:
     print(
         f"  default dvc exp run  {first_seconds:.1f} s for {first_train:.1f} s of training = {first_seconds / first_train:.2f}, test Dice {first_dice:.3f}   (targets <= 1.6, <= 50 s at Dice >= 0.95 on a CPU)"
     )
+    print(f"  default train run    {params['mlflow_run_id']}")
     imports = ", ".join(
         f"{stage} {best[f'import {stage}']:.2f} s" for stage in STAGE_MODULES
     )
