@@ -36,6 +36,15 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         ],
     ),
     "verify": ("recompute a run's data, code and params hashes here", [RUN_ID]),
+    "compare": (
+        "is B really better than A? paired per-case differences, bootstrap interval, Wilcoxon",
+        [
+            (("a",), {"help": "an evaluate run id, DVC experiment or models:/ URI; several joined by ,"}),
+            (("b",), {"help": "the same kinds, compared against A"}),
+            (("--resamples",), {"type": int, "default": 9999, "help": "bootstrap resamples"}),
+            (("--seed",), {"type": int, "default": 0, "help": "seed of the bootstrap"}),
+        ],
+    ),
     "reproduce": (
         "re-run a run from its recorded inputs and compare",
         [
@@ -90,6 +99,11 @@ def _verify(args: argparse.Namespace, workdir: Path) -> bool:
     return package_module(".lab.verify").verify(args.run_id, workdir)
 
 
+def _compare(args: argparse.Namespace, _workdir: Path) -> bool:
+    package_module(".lab.compare").compare(repo_root(), args.a, args.b, args.resamples, args.seed)
+    return True
+
+
 def _reproduce(args: argparse.Namespace, workdir: Path) -> bool:
     run_id = args.run_id or package_module(".lab.verify").latest_run_id(workdir)
     return package_module(".lab.reproduce").reproduce(run_id, repo_root(), args.tolerance)
@@ -129,6 +143,7 @@ def _plots_offline(_args: argparse.Namespace, _workdir: Path) -> bool:
 # Each returns False when it ran but found a difference (exit status 1).
 RUNNERS: dict[str, Callable[[argparse.Namespace, Path], bool]] = {
     "verify": _verify,
+    "compare": _compare,
     "reproduce": _reproduce,
     "doctor": _doctor,
     "server": _server,
