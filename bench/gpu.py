@@ -103,13 +103,12 @@ class Bench:
         """The project's store, opened after the pipeline has made it."""
         return mlflow.MlflowClient(f"sqlite:///{self.project / 'mlflow.db'}")
 
-    def run(self, *args: str) -> str:
-        """Run a command within the step's budget, in the project's folder (or the one that will
-        hold it). On overrun its whole process group is killed: DVC's stage processes too,
-        which would otherwise keep the GPU and DVC's lock."""
-        folder = self.project if self.project.is_dir() else self.project.parent
+    def run(self, *args: str, cwd: Path | None = None) -> str:
+        """Run a command within the step's budget, in the project (default) or ``cwd``. On
+        overrun its whole process group is killed: DVC's stage processes too, which would
+        otherwise keep the GPU and DVC's lock."""
         process = subprocess.Popen(
-            args, cwd=folder, env=self.env, text=True, start_new_session=True,
+            args, cwd=cwd or self.project, env=self.env, text=True, start_new_session=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -184,7 +183,7 @@ def like_for_like(bench: Bench, pristine: Path) -> tuple[str, bool]:
     args += ["--workdir", str(bench.project.parent)]
     args += ["--quick"] if bench.quick else ["--repeats", "1"]
     args += ["-S", "trainer.accelerator=cpu"] if bench.device == "cpu" else []
-    printed = bench.run(*args)
+    printed = bench.run(*args, cwd=bench.project.parent)  # the project is not there yet
     wanted = (
         "train throughput",
         "stage start-up",

@@ -157,21 +157,14 @@ def made_experiment(
     Under pytest-xdist the first worker that needs it makes it, under a lock in the folder that
     the session's workers share, and the others wait for it.
     """
-
-    def make(folder: Path) -> None:
-        result = exp_run(copy_project(folder))
-        (folder / "exp-run.log").write_text(result.stdout + result.stderr)
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        folder = tmp_path_factory.mktemp("made-experiment")
-        make(folder)
-        return folder / PROJECT_ROOT.name
-    folder = tmp_path_factory.getbasetemp().parent / "made-experiment"  # .../pytest-N/: this session's
+    base = tmp_path_factory.getbasetemp()  # under pytest-xdist, a worker's, in the session's
+    folder = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "made-experiment"
     with FileLock(f"{folder}.lock"):
         if not (folder / "exp-run.log").exists():
             shutil.rmtree(folder, ignore_errors=True)  # left by a worker that failed half-way
             folder.mkdir()
-            make(folder)
+            result = exp_run(copy_project(folder))
+            (folder / "exp-run.log").write_text(result.stdout + result.stderr)
     return folder / PROJECT_ROOT.name
 
 
