@@ -1,4 +1,4 @@
-"""Finish a baked project: drop what the options turned off, fingerprint conf/, git commit.
+"""Finish a baked project: drop what the options turned off, hash conf/ into params.yaml, git commit.
 
 Runs in cookiecutter's own interpreter: standard library and git only, and safe to run again
 on the same folder. Its one download, the plots page's chart libraries from the npm registry,
@@ -36,13 +36,13 @@ def load_project_module(name: str, path: Path):
     return module
 
 
-def fingerprint_conf() -> None:
-    """Write conf/'s fingerprint into params.yaml, as `dvc exp run` would when it composes."""
-    hashing_file = PROJECT / "src" / "hydra_plugins" / "conf_fingerprint" / "hashing.py"
-    hashing = load_project_module("conf_fingerprint_hashing", hashing_file)
+def hash_conf() -> None:
+    """Write conf/'s hash into params.yaml, as `dvc exp run` would when it composes."""
+    hashing_file = PROJECT / "src" / "hydra_plugins" / "conf_sha256" / "hashing.py"
+    hashing = load_project_module("conf_sha256_hashing", hashing_file)
     params = PROJECT / "params.yaml"
-    fingerprint = hashing.conf_sha256(PROJECT / "conf")
-    text = re.sub(r"(?m)^conf_sha256: .*$", f"conf_sha256: {fingerprint}", params.read_text())
+    conf_hash = hashing.conf_sha256(PROJECT / "conf")
+    text = re.sub(r"(?m)^conf_sha256: .*$", f"conf_sha256: {conf_hash}", params.read_text())
     params.write_text(text)
 
 
@@ -98,6 +98,6 @@ def initial_commit() -> None:
 
 if __name__ == "__main__":
     remove_disabled_options()
-    fingerprint_conf()
+    hash_conf()
     offline_plots_page()  # before the first commit, which then holds the page
     initial_commit()

@@ -51,7 +51,7 @@ COMPOSE = (
 
 def load_hashing(project: Path) -> types.ModuleType:
     """The baked project's hashing module, loaded by path without writing bytecode into it."""
-    path = project / "src" / "hydra_plugins" / "conf_fingerprint" / "hashing.py"
+    path = project / "src" / "hydra_plugins" / "conf_sha256" / "hashing.py"
     spec = importlib.util.spec_from_file_location("baked_conf_hashing", path)
     module = importlib.util.module_from_spec(spec)
     with pytest.MonkeyPatch.context() as patch:
@@ -90,11 +90,11 @@ def baked_paths(project: Path) -> set[str]:
     return paths
 
 
-def conf_fingerprint(project: Path) -> str:
+def conf_hash(project: Path) -> str:
     return load_hashing(project).conf_sha256(project / "conf")
 
 
-def params_fingerprint(project: Path) -> str:
+def params_conf_hash(project: Path) -> str:
     match = re.search(
         r"(?m)^conf_sha256: (\S+)$", (project / "params.yaml").read_text()
     )
@@ -190,7 +190,7 @@ def test_every_combination_bakes_exactly_the_template(
     assert_license(project, answers["license"])
     if answers["ci_workflow"] == "github":
         assert_workflow(project, answers["python_version"])
-    assert params_fingerprint(project) == conf_fingerprint(project)
+    assert params_conf_hash(project) == conf_hash(project)
 
 
 def assert_workflow(project: Path, python_version: str) -> None:
@@ -252,7 +252,7 @@ def test_params_yaml_is_what_dvc_composes(
     assert f"experiment_name: {slug}\n" in composed.read_text()
 
 
-def test_composed_fingerprint_is_of_this_projects_conf(bake, tmp_path: Path) -> None:
+def test_composed_conf_hash_is_of_this_projects_conf(bake, tmp_path: Path) -> None:
     """Two projects in one environment: the other one's ``src`` comes first on ``sys.path``.
 
     That is the case for any project after another was installed with `pip install -e`,
@@ -260,7 +260,7 @@ def test_composed_fingerprint_is_of_this_projects_conf(bake, tmp_path: Path) -> 
     """
     first = bake(tmp_path / "first", project_name="Liver Seg")
     second = bake(tmp_path / "second", project_name="Kidney Seg")
-    assert conf_fingerprint(first) != conf_fingerprint(second)
+    assert conf_hash(first) != conf_hash(second)
 
     composed = tmp_path / "composed.yaml"
     env = project_env(second)
@@ -271,7 +271,7 @@ def test_composed_fingerprint_is_of_this_projects_conf(bake, tmp_path: Path) -> 
         env=env,
     )
     assert composed.read_text() == (second / "params.yaml").read_text(), (
-        "the conf_sha256 resolver fingerprinted another project's conf/"
+        "the conf_sha256 resolver hashed another project's conf/"
     )
 
 

@@ -26,7 +26,7 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import hydra_plugins.conf_fingerprint  # noqa: F401  registers the ${conf_sha256:} resolver
+import hydra_plugins.conf_sha256  # noqa: F401  registers the ${conf_sha256:} resolver
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Small enough for a CPU CI job; the real defaults live in conf/.

@@ -10,7 +10,7 @@ import torch
 from conftest import compose_conf
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+from hydra_plugins.conf_sha256.hashing import conf_sha256
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256, sha256_of_files
+from hydra_plugins.conf_sha256.hashing import conf_sha256, sha256_of_files
 
 DVC_LOCK = """\
 schema: '2.0'
@@ -102,7 +102,7 @@ def test_file_hash_depends_on_relative_names_only(tmp_path: Path) -> None:
     assert sha256_of_files(one, write_files(one, FILES)) == sha256_of_files(two, write_files(two, FILES))
 
 
-def test_conf_fingerprint_covers_nested_yaml_only(tmp_path: Path) -> None:
+def test_conf_hash_covers_nested_yaml_only(tmp_path: Path) -> None:
     write_files(tmp_path, FILES)
     before = conf_sha256(tmp_path)
     (tmp_path / "notes.txt").write_text("not config")
@@ -140,7 +140,7 @@ def test_params_hash_is_sha256_of_canonical_json(provenance, resolved: dict) -> 
     assert provenance.params_sha256(resolved) == hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def test_params_hash_ignores_the_conf_fingerprint(package_module, provenance, project_root: Path) -> None:
+def test_params_hash_ignores_the_conf_hash(package_module, provenance, project_root: Path) -> None:
     config = package_module("config.params")
     params = OmegaConf.load(project_root / "params.yaml")
     before = provenance.params_sha256(config.resolved_params(params))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+from hydra_plugins.conf_sha256.hashing import conf_sha256
 
 # (slot, target, extra keys that would make the call do harm): callables inside torch and MONAI
 # that run commands, run downloaded code, compile, unpickle or download.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+from hydra_plugins.conf_sha256.hashing import conf_sha256
 
 from ..errors import UserError
 from . import instantiate, schema

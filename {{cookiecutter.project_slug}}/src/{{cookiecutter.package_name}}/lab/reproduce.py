@@ -21,7 +21,7 @@ import mlflow
 import yaml
 from omegaconf import OmegaConf
 
-from hydra_plugins.conf_fingerprint.hashing import conf_sha256
+from hydra_plugins.conf_sha256.hashing import conf_sha256
 
 from ..config.params import CONF_HASH_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
 from ..errors import UserError

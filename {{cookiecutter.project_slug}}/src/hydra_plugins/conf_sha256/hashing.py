@@ -1,4 +1,4 @@
-"""The project's one file-hashing function, and the fingerprint of ``conf/``.
+"""The project's one file-hashing function, and the hash of ``conf/``.
 
 Standard library only: it runs in DVC's interpreter (through the resolver in ``__init__``),
 in every stage, and in the template's post-generation hook, which has neither OmegaConf nor
@@ -23,5 +23,5 @@ def sha256_of_files(root: Path, files: Iterable[Path]) -> str:
 
 
 def conf_sha256(conf_dir: Path) -> str:
-    """Fingerprint of every YAML file under ``conf_dir``."""
+    """The hash of every YAML file under ``conf_dir``."""
     return sha256_of_files(conf_dir, conf_dir.rglob("*.yaml"))

@@ -2,7 +2,7 @@
 
 DVC imports every module under ``hydra_plugins`` (found through ``plugins_path`` in
 ``.dvc/config``) before it composes ``conf/`` into params.yaml. Stages recompute the same
-fingerprint and refuse a params.yaml composed from another ``conf/``, because ``dvc repro``
+hash and refuse a params.yaml composed from another ``conf/``, because ``dvc repro``
 does not recompose it.
 """
 
