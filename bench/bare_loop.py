@@ -37,7 +37,9 @@ KEYS = ("image", "label")
 
 
 def cases(processed: Path, split: str) -> list[dict[str, str]]:
-    names = json.loads((processed / "splits.json").read_text())[split]
+    # Fold 0, as the default experiment: its val fold, and the other folds for training.
+    folds = json.loads((processed / "splits.json").read_text())["folds"]
+    names = folds[0] if split == "val" else sorted(name for fold in folds[1:] for name in fold)
     return [
         {
             "image": str(processed / "imagesTr" / f"{n}.nii.gz"),

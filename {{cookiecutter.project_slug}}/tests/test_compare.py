@@ -1,4 +1,5 @@
-"""`compare`: paired per-case differences between evaluate runs, with an interval and a verdict.
+"""`compare`: paired per-case differences between evaluate runs, with an interval and a verdict;
+and the registry's `tracking.champion_policy`, which moves `champion` by the same rule.
 
 The shared experiment's evaluate run scored one test case, so the runs compared here are made
 beside it: evaluate runs with its tags (the same preprocessed data, hence the same split) and
@@ -12,7 +13,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import mlflow
 import pandas as pd
@@ -125,3 +128,65 @@ def test_an_unknown_reference_is_named(experiment: Path, run, reference: str) ->
     result = compare(experiment, run, reference, evaluate_run_id(experiment))
     assert result.returncode == 2 and reference in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def promote(experiment: Path, tmp_path: Path, package_module: Callable[[str], ModuleType]) -> Callable:
+    """Register a crafted evaluate run (BASE plus a change per case) as the next version of a model
+    of its own, under a champion policy, as evaluate does; return the registry's decision."""
+    registry = package_module("lab.registry")
+    client = client_for(experiment)
+    name = f"policy-{tmp_path.name}"
+    client.create_registered_model(name)
+
+    def register(change: float | list[float], policy: str, **tags: str) -> dict:
+        run_id = scored_run(experiment, tmp_path, change, **tags)
+        changes = change if isinstance(change, list) else [change * (1 + 0.1 * i) for i in range(len(BASE))]
+        score = sum(BASE) / len(BASE) + sum(changes) / len(changes)
+        client.log_metric(run_id, "test_dice_mean", score)
+        version = client.create_model_version(
+            name, f"runs:/{run_id}/model", run_id=run_id, tags={"evaluate_run_id": run_id}
+        )
+        rule = registry.Rule("dice_mean", "max", policy, seed=0)
+        registry._promote_if_better(client, version, rule, score, client.get_run(run_id))
+        return {
+            "version": int(version.version),
+            "champion": int(client.get_registered_model(name).aliases["champion"]),
+            "decision": client.get_model_version(name, version.version).tags["champion.decision"],
+        }
+
+    return register
+
+
+def test_significant_policy_moves_the_champion_only_beyond_noise(promote: Callable) -> None:
+    first = promote(0.0, "significant")
+    assert first["champion"] == 1 and "now champion (previous: none)" in first["decision"]
+    # A higher mean (+0.008) whose interval straddles 0: `best` would take it, `significant` does not.
+    noise = promote([0.05, -0.03, 0.02, -0.02, 0.04, -0.01], "significant")
+    assert noise["champion"] == 1, noise
+    assert re.search(
+        r"champion stays v1: dice_mean gain over v1 \+0\.0083 \(-0\.\d+ to \+0\.\d+, 6 paired",
+        noise["decision"],
+    ), noise
+    assert "within noise" in noise["decision"] and "tracking.champion_policy=significant" in noise["decision"]
+    gain = promote(0.05, "significant")  # better on every case
+    assert gain["champion"] == 3, gain
+    assert re.search(
+        r"now champion \(previous: v1\): dice_mean gain over v1 \+0\.06\d+ \(\+0\.", gain["decision"]
+    )
+    assert "beyond noise" in gain["decision"]
+
+
+def test_best_policy_moves_the_champion_on_any_higher_mean(promote: Callable) -> None:
+    promote(0.0, "best")
+    noise = promote([0.05, -0.03, 0.02, -0.02, 0.04, -0.01], "best")
+    assert noise["champion"] == 2 and "beats v1's" in noise["decision"], noise
+    assert "tracking.champion_policy=best" in noise["decision"]
+
+
+def test_significant_policy_keeps_the_champion_against_other_test_cases(promote: Callable) -> None:
+    promote(0.0, "significant")
+    other = promote(0.2, "significant", **{"data.processed.md5": "0" * 32})
+    assert other["champion"] == 1, other
+    assert "champion stays v1: no comparison with v1" in other["decision"]
+    assert "did not score the same test cases" in other["decision"]

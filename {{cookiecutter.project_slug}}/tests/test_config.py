@@ -170,7 +170,7 @@ def test_data_options_keep_paths_relative(option: str) -> None:
     data = compose_conf([f"data={option}"]).data
     assert not Path(data.dir).is_absolute()
     assert data.pixdim == "auto" or (len(data.pixdim) == 3 and all(spacing > 0 for spacing in data.pixdim))
-    assert 0 < data.val_fraction + data.test_fraction < 1
+    assert 0 < data.test_fraction < 1 and 0 <= data.fold < data.folds
 
 
 @pytest.mark.parametrize("option", group_options("loss"))

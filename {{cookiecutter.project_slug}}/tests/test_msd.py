@@ -1,4 +1,4 @@
-"""MSD folders: reading dataset.json, refusing broken ones, and the seeded train/val/test split."""
+"""MSD folders: reading dataset.json and refusing broken ones (splits: test_splits.py)."""
 
 from __future__ import annotations
 
@@ -112,38 +112,3 @@ def test_empty_training_list_is_refused(msd, user_error, tmp_path: Path) -> None
     root = write_msd(tmp_path / "raw", names=[])
     with pytest.raises(user_error, match="no cases"):
         msd.read_msd(root)
-
-
-CASES = [f"case_{index:03d}" for index in range(24)]
-
-
-def test_split_is_seeded(msd) -> None:
-    first = msd.split_cases(CASES, 0.17, 0.17, seed=0)
-    assert msd.split_cases(CASES, 0.17, 0.17, seed=0) == first
-    assert msd.split_cases(CASES, 0.17, 0.17, seed=1) != first
-
-
-def test_split_does_not_depend_on_listing_order(msd) -> None:
-    assert msd.split_cases(CASES[::-1], 0.2, 0.2, seed=3) == msd.split_cases(CASES, 0.2, 0.2, seed=3)
-
-
-@pytest.mark.parametrize(("names", "fraction"), [(CASES, 0.17), (CASES[:3], 0.17), (CASES[:10], 0.2)])
-def test_split_is_a_partition_with_no_empty_part(msd, names: list[str], fraction: float) -> None:
-    splits = msd.split_cases(names, fraction, fraction, seed=0)
-    assert set(splits) == {"train", "val", "test"}
-    parts = [set(splits[part]) for part in ("train", "val", "test")]
-    assert all(parts)
-    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
-    assert set.union(*parts) == set(names)
-    assert sum(len(part) for part in parts) == len(names)
-    assert len(splits["val"]) == max(1, round(len(names) * fraction))
-
-
-def test_split_needs_three_cases(msd, user_error) -> None:
-    with pytest.raises(user_error, match="At least 3 cases"):
-        msd.split_cases(CASES[:2], 0.2, 0.2, seed=0)
-
-
-def test_split_must_leave_training_cases(msd, user_error) -> None:
-    with pytest.raises(user_error, match="val_fraction"):
-        msd.split_cases(CASES[:4], 0.5, 0.5, seed=0)

@@ -30,6 +30,8 @@ def test_pipeline_writes_metrics_linked_to_mlflow(experiment: Path) -> None:
     assert evaluate_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
     assert len(client.get_metric_history(train_run.info.run_id, "train_loss")) == 2
     assert evaluate_run.data.metrics["test_dice_mean"] == pytest.approx(metrics["dice_mean"])
+    cases = (experiment / "reports/per_case.csv").read_text().strip().splitlines()[1:]
+    assert metrics["test_cases"] == evaluate_run.data.metrics["test_cases"] == len(cases) >= 1
 
 
 def test_runs_carry_the_provenance_contract(experiment: Path, run: Run) -> None:

@@ -9,6 +9,7 @@ mode makes the same evaluation the better one. Only evaluate re-runs for those t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -83,8 +84,11 @@ def story(
     dice_first, dice_worse = first["evaluate"]["dice_mean"], unregistered["evaluate"]["dice_mean"]
     assert dice_worse != dice_first, "the two settings scored the same; no mode can order them"
     worse_mode, better_mode = ("max", "min") if dice_worse < dice_first else ("min", "max")
-    worse = step(WORSE, f"tracking.champion_mode={worse_mode}")
-    better = step(WORSE, f"tracking.champion_mode={better_mode}")
+    # One test case: no interval could tell them apart, so these two steps use the `best` policy.
+    worse = step(WORSE, f"tracking.champion_mode={worse_mode}", "tracking.champion_policy=best")
+    better = step(WORSE, f"tracking.champion_mode={better_mode}", "tracking.champion_policy=best")
+    # The same model once more under the default policy: no gain on the same case, no move.
+    same = step(WORSE, f"tracking.champion_mode={better_mode}", "tracking.champion_policy=significant")
     return {
         "workspace": workspace,
         "client": client,
@@ -93,6 +97,7 @@ def story(
         "unregistered": unregistered,
         "worse": worse,
         "better": better,
+        "same": same,
     }
 
 
@@ -135,6 +140,19 @@ def test_champion_moves_only_to_a_better_version(story: dict) -> None:
 
 
 @pytest.mark.slow
+def test_the_significant_policy_keeps_the_champion_without_a_gain_beyond_noise(story: dict) -> None:
+    same = story["same"]
+    assert same["versions"] == [1, 2, 3, 4]
+    assert same["champion"] == 3
+    # The mode is min or max, whichever ordered the first two, so the sign of a zero may show.
+    assert re.search(r"champion stays v3: dice_mean gain over v3 [+-]0\.0000 ", same["log"]), same["log"][
+        -3000:
+    ]
+    assert "within noise (tracking.champion_policy=significant" in same["log"]
+    assert same["train_run_id"] == story["better"]["train_run_id"]
+
+
+@pytest.mark.slow
 def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     story: dict, run: Run, package_module: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:
@@ -147,7 +165,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_like_its_checkpoint(
     loaders = package_module("data.loaders")
     size_mb = loaders.read_plan(processed)["size_mb"]
     caching = loaders.Caching.of(params)
-    batch = next(iter(loaders.eval_loader(processed, "test", caching, size_mb, torch.device("cpu"))))
+    batch = next(iter(loaders.eval_loader(processed, "test", 0, caching, size_mb, torch.device("cpu"))))
     image = batch["image"].as_tensor()
     torch.save(image, tmp_path / "image.pt")
     engine = package_module("training.engine")

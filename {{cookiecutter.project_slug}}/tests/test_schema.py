@@ -35,6 +35,13 @@ def load_with(package_module, workdir: Path, **changes: object):
         ("trainer.accelerator", "gpu", "one of auto, cpu, cuda", "trainer.accelerator=auto"),
         ("tracking.champion_mode", "maximum", "one of max, min", "tracking.champion_mode=max"),
         (
+            "tracking.champion_policy",
+            "noise",
+            "one of significant, best",
+            "tracking.champion_policy=significant",
+        ),
+        ("data.folds", 1, "an integer >= 2", "data.folds=5"),
+        (
             "tracking.sinks",
             ["neptune"],
             "a list of any of tensorboard, wandb",
@@ -69,7 +76,10 @@ def test_a_bad_value_names_its_key_what_is_allowed_and_the_fix(
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"data__val_fraction": 0.5, "data__test_fraction": 0.5}, "leaves no training cases"),
+        (
+            {"data__fold": 5},
+            r"`data.fold=5` is not one of the 5 folds \(0 to 4, data.folds\); e.g. -S data.fold=0",
+        ),
         (
             {"data__intensity__a_min": 1.0, "data__intensity__a_max": 0.0},
             "must be below `data.intensity.a_max`",

@@ -122,8 +122,9 @@ SCHEMA: dict[str, Key] = {
     "data.normalization": Key(one_of("auto", "ct", "zscore", "window"), "auto"),
     "data.intensity.a_min": Key(number(), "-175.0"),
     "data.intensity.a_max": Key(number(), "250.0"),
-    "data.val_fraction": Key(number(0, 1, high_open=True), "0.2"),
     "data.test_fraction": Key(number(0, 1, high_open=True), "0.2"),
+    "data.folds": Key(integer(2), "5"),
+    "data.fold": Key(integer(0), "0"),
     "data.num_workers": Key(integer(0), "2"),
     "data.cache": Key(one_of("auto", "gpu", "memory", "disk"), "auto"),
     "data.cache_budget_mb": Key(number(0), "4096"),
@@ -164,6 +165,7 @@ SCHEMA: dict[str, Key] = {
     "tracking.register_model": Key(boolean, "true"),
     "tracking.champion_metric": Key(text, "dice_mean"),
     "tracking.champion_mode": Key(one_of("max", "min"), "max"),
+    "tracking.champion_policy": Key(one_of("significant", "best"), "significant"),
     "tracking.sinks": Key(subset_of("tensorboard", "wandb"), "'[tensorboard]'"),
 }
 # Networks whose input must divide evenly by their total downsampling, and how to read it.
@@ -193,11 +195,10 @@ def check(params: DictConfig, source: str) -> None:
 
 def _check_between_keys(plain: dict, source: str) -> None:
     data, synthetic = plain["data"], plain["synthetic"]
-    if data["val_fraction"] + data["test_fraction"] >= 1:
+    if data["fold"] >= data["folds"]:
         raise UserError(
-            f"{source}: `data.val_fraction` + `data.test_fraction` = "
-            f"{data['val_fraction'] + data['test_fraction']} leaves no training cases; their sum must be "
-            "below 1, e.g. -S data.val_fraction=0.2 -S data.test_fraction=0.2."
+            f"{source}: `data.fold={data['fold']}` is not one of the {data['folds']} folds (0 to "
+            f"{data['folds'] - 1}, data.folds); e.g. -S data.fold=0."
         )
     if data["normalization"] == "window" and not data["intensity"]["a_min"] < data["intensity"]["a_max"]:
         raise UserError(

@@ -33,7 +33,8 @@ from omegaconf import DictConfig
 from ..errors import UserError
 from ..paths import PLAN_FILE
 from ..training.distributed import Ranks
-from .msd import KEYS, SPLITS_FILE
+from .msd import KEYS
+from .splits import read_fold
 from .transforms import load_transforms
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ def read_plan(processed: Path) -> dict:
     return json.loads((processed / PLAN_FILE).read_text())
 
 
-def processed_split(processed: Path, split: str) -> list[dict[str, str]]:
-    """Cases of one split of the preprocessed set, as LoadImaged inputs."""
-    names = json.loads((processed / SPLITS_FILE).read_text())[split]
+def processed_split(processed: Path, split: str, fold: int) -> list[dict[str, str]]:
+    """Cases of one split (train, val or test) of fold ``fold`` of the preprocessed set, as
+    LoadImaged inputs."""
+    names = read_fold(processed, fold)[split]
     return [
         {
             "name": name,
@@ -141,9 +143,15 @@ class Sampling:
 
 
 def train_loader(
-    processed: Path, sampling: Sampling, caching: Caching, ranks: Ranks, size_mb: float, device: torch.device
+    processed: Path,
+    fold: int,
+    sampling: Sampling,
+    caching: Caching,
+    ranks: Ranks,
+    size_mb: float,
+    device: torch.device,
 ) -> ThreadDataLoader:
-    """Cached, augmented patches from the training split (under DDP: this process's share)."""
+    """Cached, augmented patches from fold ``fold``'s training split (under DDP: this process's share)."""
     ratio = sampling.foreground_ratio
     transforms = [
         *load_transforms(),
@@ -159,7 +167,7 @@ def train_loader(
         ),
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
     ]
-    cases = processed_split(processed, "train")
+    cases = processed_split(processed, "train", fold)
     if ranks.active:  # each process caches and trains on its own share, of equal size
         cases = partition_dataset(cases, num_partitions=ranks.world_size, even_divisible=True)[ranks.rank]
     dataset, cache = cached_dataset(cases, transforms, caching, size_mb, device)
@@ -167,13 +175,13 @@ def train_loader(
 
 
 def eval_loader(
-    processed: Path, split: str, caching: Caching, size_mb: float, device: torch.device
+    processed: Path, split: str, fold: int, caching: Caching, size_mb: float, device: torch.device
 ) -> ThreadDataLoader:
-    """Whole cached volumes of ``split``, one per batch, for sliding-window inference.
+    """Whole cached volumes of ``split`` of fold ``fold``, one per batch, for sliding-window inference.
 
     ``size_mb``: the preprocessed set's size (from its plan), which ``data.cache=auto`` weighs.
     """
-    cases = processed_split(processed, split)
+    cases = processed_split(processed, split, fold)
     dataset, cache = cached_dataset(cases, load_transforms(), caching, size_mb, device)
     return _batches(dataset, cache, caching.num_workers, device, batch_size=1)
 

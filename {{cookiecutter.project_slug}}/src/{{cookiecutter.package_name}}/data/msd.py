@@ -1,16 +1,17 @@
-"""Medical Segmentation Decathlon (MSD) folders: discovery, validation, seeded splits."""
+"""Medical Segmentation Decathlon (MSD) folders: discovery and validation."""
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 
 KEYS = ("image", "label")
-SPLITS_FILE = "splits.json"  # train/val/test case names, written by preprocess
+# Keys of a `training` entry that name its patient, so that a patient's scans stay on one side of
+# every split (splits.py); the first one present counts.
+PATIENT_KEYS = ("patient", "subject")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class MsdDataset:
     name: str
     labels: dict[int, str]  # class index -> name; 0 is the background
     channel_names: list[str]  # dataset.json's `modality`, one per image channel (e.g. "CT")
-    cases: list[dict[str, str]]  # {"name", "image", "label"} with absolute paths
+    cases: list[dict[str, str]]  # {"name", "image", "label"} with absolute paths, "patient"
 
     @property
     def in_channels(self) -> int:
@@ -34,6 +35,11 @@ class MsdDataset:
     @property
     def case_names(self) -> list[str]:
         return [case["name"] for case in self.cases]
+
+    @property
+    def patients(self) -> dict[str, str]:
+        """Each case's patient: the entry's `patient` or `subject`, else the case itself."""
+        return {case["name"]: case["patient"] for case in self.cases}
 
     @property
     def foreground(self) -> dict[int, str]:
@@ -73,6 +79,10 @@ def read_msd(root: Path) -> MsdDataset:
             if not Path(case[key]).is_file():
                 raise UserError(f"{path} lists {pair[key]!r}, but {case[key]} does not exist.")
         case["name"] = Path(case["image"]).name.split(".")[0]
+        patient = next((pair[key] for key in PATIENT_KEYS if key in pair), case["name"])
+        if not isinstance(patient, str | int) or isinstance(patient, bool):
+            raise UserError(f"{path}: training[{index}] names its patient as {patient!r}; give a string.")
+        case["patient"] = str(patient)
         cases.append(case)
     if not cases:
         raise UserError(f"{path}: `training` lists no cases.")
@@ -107,20 +117,3 @@ def write_msd(
         "training": training,
     }
     (root / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
-
-
-def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict:
-    """Seeded train/val/test split of case names; every split gets at least one case."""
-    if len(names) < 3:
-        raise UserError(f"At least 3 cases are needed for train/val/test splits, found {len(names)}.")
-    shuffled = sorted(names)
-    random.Random(seed).shuffle(shuffled)
-    n_val = max(1, round(len(names) * val_fraction))
-    n_test = max(1, round(len(names) * test_fraction))
-    if n_val + n_test >= len(names):
-        raise UserError(f"data.val_fraction + data.test_fraction leave no training case out of {len(names)}.")
-    return {
-        "train": sorted(shuffled[n_val + n_test :]),
-        "val": sorted(shuffled[:n_val]),
-        "test": sorted(shuffled[n_val : n_val + n_test]),
-    }

@@ -13,6 +13,7 @@ import importlib
 # Each name and the module that defines it, imported on first use, so that the command line
 # reaches `lab.commands` without loading MLflow.
 _SEAM = {
+    "cv_group": "provenance",
     "inputs_sha256": "provenance",
     "log_metrics": "tracking",
     "log_model": "tracking",

@@ -14,6 +14,11 @@ from pathlib import Path
 from ..cli import package_module, repo_root
 from ..errors import UserError
 
+# `-S key=value`, repeatable: a value every experiment the tool queues uses, as for `dvc exp run`.
+FIXED = (
+    ("-S",),
+    {"dest": "fixed", "action": "append", "default": [], "metavar": "KEY=VALUE", "help": "as dvc exp run -S"},
+)
 RUN_ID = (("run_id",), {"nargs": "?", "help": "MLflow run id (default: the workspace's latest run)"})
 # Each command: its help line and its arguments, as (flags, add_argument options).
 COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
@@ -23,16 +28,16 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
             (("--trials",), {"type": int, "required": True, "help": "finished trials the study should hold"}),
             (("--jobs",), {"type": int, "default": 1, "help": "trials run at once, through DVC's queue"}),
             (("--study",), {"default": "search", "help": "study name; also prefixes the experiments' names"}),
-            (
-                ("-S",),
-                {
-                    "dest": "fixed",
-                    "action": "append",
-                    "default": [],
-                    "metavar": "KEY=VALUE",
-                    "help": "a value every trial uses",
-                },
-            ),
+            FIXED,
+        ],
+    ),
+    "cv": (
+        "cross-validation: one queued DVC experiment per fold (data.fold), then their summary",
+        [
+            (("--jobs",), {"type": int, "default": 1, "help": "folds run at once, through DVC's queue"}),
+            (("--summary",), {"action": "store_true", "help": "only summarise the folds already run"}),
+            (("--group",), {"help": "the cv.group to summarise (default: that of conf/ with the -S given)"}),
+            FIXED,
         ],
     ),
     "verify": ("recompute a run's data, code and params hashes here", [RUN_ID]),
@@ -130,6 +135,11 @@ def _search(args: argparse.Namespace, _workdir: Path) -> bool:
     return True
 
 
+def _cv(args: argparse.Namespace, _workdir: Path) -> bool:
+    package_module(".lab.cv").cv(repo_root(), args.jobs, args.fixed, args.summary, args.group)
+    return True
+
+
 def _plots_offline(_args: argparse.Namespace, _workdir: Path) -> bool:
     offline_plots = package_module(".lab.offline_plots")
     try:
@@ -149,5 +159,6 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Path], bool]] = {
     "server": _server,
     "sync": _sync,
     "search": _search,
+    "cv": _cv,
     "plots-offline": _plots_offline,
 }

@@ -83,6 +83,26 @@ def compare(root: Path, a: str, b: str, resamples: int = 9999, seed: int = 0) ->
     return differences
 
 
+def paired_difference(
+    client: mlflow.MlflowClient, a: mlflow.entities.Run, b: mlflow.entities.Run, column: str, seed: int = 0
+) -> Difference:
+    """B - A on one per-case score of two evaluate runs: a class's column, or ``<score>_mean``
+    (e.g. dice_mean), each case's mean over its classes. A UserError when they did not score the
+    same test cases."""
+    first, second = (
+        Side(run.info.run_id, [run], [_with_case_means(_per_case(client, run))]) for run in (a, b)
+    )
+    _check_comparable(first, second)
+    return _difference(first, second, column, resamples=9999, seed=seed)
+
+
+def _with_case_means(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-case table plus ``<score>_mean`` per case (dice_mean, hd95_mean, ...), empty masks left out."""
+    for score in {column.split("_")[0] for column in table.columns}:
+        table[f"{score}_mean"] = table.filter(regex=f"^{score}_").mean(axis=1, skipna=True)
+    return table
+
+
 def _side(client: mlflow.MlflowClient, reference: str) -> Side:
     runs = [_evaluate_run(client, member.strip()) for member in reference.split(",") if member.strip()]
     if not runs:

@@ -63,6 +63,13 @@ def params_sha256(resolved: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def cv_group(params: DictConfig) -> str:
+    """What the folds of one configuration share: the hash of its params without ``data.fold``."""
+    resolved = resolved_params(params)
+    resolved["data"].pop("fold")
+    return params_sha256(resolved)[:12]
+
+
 def git(workdir: Path, *args: str) -> str:
     result = subprocess.run(["git", *args], cwd=workdir, capture_output=True, text=True)
     if result.returncode != 0:

@@ -2,12 +2,19 @@
 
 Serving code loads ``models:/<experiment_name>@champion`` and never names a version, so
 promotion is only moving the alias; every evaluated model stays registered and comparable.
+
+``tracking.champion_policy`` decides what "best" means. ``significant`` (the default) moves the
+alias only when the challenger beats the champion on the same test cases with the 95 % bootstrap
+interval of the paired per-case difference clear of 0 (see compare.py): a gain the size of
+what a change of seed does is not a reason to redeploy. ``best`` moves it on any higher mean.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.entities import LoggedModel
@@ -16,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from ..errors import UserError
-from . import tracking
+from . import compare, tracking
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         log.info("Not registering: this run reproduces %s", os.environ[tracking.REPRODUCES_VARIABLE])
         return
     metric, mode = settings.champion_metric, settings.champion_mode
+    rule = Rule(metric, mode, settings.champion_policy, params.seed)
     if metric not in metrics:
         raise UserError(
             f"tracking.champion_metric={metric!r} is not a test metric; use one of "
@@ -59,7 +67,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
     # (`dvc queue start -j 2`) cannot both read the old champion and both replace it.
     with tracking.store_lock(mlflow.get_tracking_uri()):
         version = _new_version(client, settings.experiment_name, model, tags)
-        _promote_if_better(client, version, metric, mode, metrics[metric])
+        _promote_if_better(client, version, rule, metrics[metric], evaluate_run)
 
 
 def logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
@@ -116,36 +124,91 @@ def _provenance_tags(run_tags: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _promote_if_better(
-    client: mlflow.MlflowClient, version: ModelVersion, metric: str, mode: str, value: float | None
-) -> None:
-    """Point `champion` at ``version`` if it strictly beats the champion on ``metric``.
+@dataclass
+class Rule:
+    """What makes a version the champion: ``tracking.champion_metric``, ``_mode`` and ``_policy``."""
 
-    With no champion yet, or one without a score for ``metric``, the new version takes the alias.
+    metric: str
+    mode: str  # max or min
+    policy: str  # best or significant
+    seed: int  # of the bootstrap, so that the same runs always get the same decision
+
+    def __str__(self) -> str:
+        return (
+            f"tracking.champion_policy={self.policy}, tracking.champion_metric={self.metric}, "
+            f"tracking.champion_mode={self.mode}"
+        )
+
+    def beats(self, value: float, best: float) -> bool:
+        return value > best if self.mode == "max" else value < best
+
+
+def _promote_if_better(
+    client: mlflow.MlflowClient,
+    version: ModelVersion,
+    rule: Rule,
+    value: float | None,
+    run: mlflow.entities.Run,
+) -> None:
+    """Point `champion` at ``version`` if it beats the champion by ``rule``; say which rule decided.
+
+    With no champion yet, or one without a score for the metric, the new version takes the alias.
+    The outcome is also kept on the version, as its ``champion.decision`` tag.
     """
     name = version.name
     current = client.get_registered_model(name).aliases.get(CHAMPION)
-    best = None if current is None else _champion_value(client, name, str(current), metric)
+    champion_run = None if current is None else _evaluate_run(client, name, str(current))
+    best = None if champion_run is None else champion_run.data.metrics.get(f"test_{rule.metric}")
     if value is None:
-        outcome = f"not champion: it has no {metric}"
-    elif best is None or (value > best if mode == "max" else value < best):
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        previous = "none" if current is None else f"v{current}"
-        outcome = f"now champion (previous: {previous}): {metric} {value:.4f}"
+        promoted, outcome = False, f"not champion: it has no {rule.metric}"
+    elif best is None:
+        promoted = True
+        outcome = f"now champion (previous: {f'v{current} without a score' if current else 'none'})"
+        outcome += f": {rule.metric} {value:.4f}"
+    elif rule.policy == "best":
+        promoted = rule.beats(value, best)
+        verb = "beats" if promoted else "does not beat"
+        outcome = f"{rule.metric} {value:.4f} {verb} v{current}'s {best:.4f}"
     else:
-        outcome = f"champion stays v{current}: {metric} {value:.4f} does not beat {best:.4f}"
-    log.info(
-        "Registered %s v%s; %s (tracking.champion_metric=%s, tracking.champion_mode=%s)",
-        name,
-        version.version,
-        outcome,
-        metric,
-        mode,
+        promoted, outcome = _significantly_better(client, champion_run, run, rule, current)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        if best is not None:
+            outcome = f"now champion (previous: v{current}): {outcome}"
+    elif current is not None and value is not None:
+        outcome = f"champion stays v{current}: {outcome}"
+    client.set_model_version_tag(name, version.version, "champion.decision", f"{outcome} ({rule})")
+    log.info("Registered %s v%s; %s (%s)", name, version.version, outcome, rule)
+
+
+def _significantly_better(
+    client: mlflow.MlflowClient,
+    champion: mlflow.entities.Run,
+    challenger: mlflow.entities.Run,
+    rule: Rule,
+    current: str,
+) -> tuple[bool, str]:
+    """Whether the challenger beats the champion beyond noise on the same test cases, and the numbers."""
+    try:
+        difference = compare.paired_difference(client, champion, challenger, rule.metric, rule.seed)
+    except UserError as error:
+        return False, f"no comparison with v{current}: {error}"
+    if math.isnan(difference.low):  # too few cases for an interval
+        return False, f"too few test cases ({difference.cases}) to tell it from v{current}"
+    # As a gain: B - A under max, A - B under min (a lower hd95 is better).
+    sign = 1 if rule.mode == "max" else -1
+    gain = sign * difference.mean
+    low, high = sorted(sign * bound for bound in (difference.low, difference.high))
+    numbers = (
+        f"{rule.metric} gain over v{current} {gain:+.4f} ({low:+.4f} to {high:+.4f}, "
+        f"{difference.cases} paired test cases)"
     )
+    if low > 0:
+        return True, f"{numbers}: beyond noise"
+    return False, f"{numbers}: within noise"
 
 
-def _champion_value(client: mlflow.MlflowClient, name: str, version: str, metric: str) -> float | None:
-    """The champion's score from its evaluate run, which holds every test metric, so that
-    a change of tracking.champion_metric compares like with like."""
+def _evaluate_run(client: mlflow.MlflowClient, name: str, version: str) -> mlflow.entities.Run | None:
+    """The evaluate run that scored a version (None for a version registered without one)."""
     run_id = client.get_model_version(name, version).tags.get("evaluate_run_id")
-    return client.get_run(run_id).data.metrics.get(f"test_{metric}") if run_id else None
+    return client.get_run(run_id) if run_id else None

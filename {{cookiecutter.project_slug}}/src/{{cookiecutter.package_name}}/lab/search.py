@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import yaml
 
 from ..errors import UserError
+from . import queue
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,20 @@ def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]
         for trial in batch:
             trial.set_user_attr("dvc_exp_name", names[trial.number])
             overrides = [*fixed, *(f"{key}={value}" for key, value in trial.params.items())]
-            queue = ["--queue"] if jobs > 1 else []
+            queued = ["--queue"] if jobs > 1 else []
             log.info("Trial %d: %s", trial.number, " ".join(overrides))
-            _dvc(root, "exp", "run", *queue, "--name", names[trial.number], *_sets(overrides), check=jobs > 1)
+            queue.dvc(
+                root,
+                "exp",
+                "run",
+                *queued,
+                "--name",
+                names[trial.number],
+                *queue.set_args(overrides),
+                check=jobs > 1,
+            )
         if jobs > 1:
-            _dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
+            queue.dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
         scores = _experiment_scores(root, spec["metric"])
         for trial in batch:
             score = scores.get(names[trial.number])
@@ -116,7 +124,7 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str) -> None:
 
 def _experiment_scores(root: Path, metric: str) -> dict[str, float]:
     """``metric`` of every DVC experiment, by name, from `dvc exp show --json`."""
-    shown = json.loads(_dvc(root, "exp", "show", "--json").stdout)
+    shown = json.loads(queue.dvc(root, "exp", "show", "--json").stdout)
     scores = {}
     for entry in shown:
         for experiment in entry.get("experiments") or []:
@@ -126,17 +134,3 @@ def _experiment_scores(root: Path, metric: str) -> dict[str, float]:
                 if rev.get("name") and isinstance(value, int | float):
                     scores[rev["name"]] = float(value)
     return scores
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for override in overrides for arg in ("-S", override)]
-
-
-def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """A dvc command in ``root``; a failed trial (``check=False``) is logged, and scored as failed."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        if check:
-            raise UserError(f"`dvc {' '.join(args)}` failed:\n{result.stderr[-3000:]}")
-        log.warning("`dvc %s` failed:\n%s", " ".join(args), result.stderr[-3000:])
-    return result

@@ -115,6 +115,9 @@ def provenance_tags(params: DictConfig, workdir: Path, data_paths: list[str], st
         f"code.{stage}.md5": provenance.code_md5(code),
         f"code.{stage}.deps": json.dumps(code, sort_keys=True),
         "params.sha256": provenance.params_sha256(resolved_params(params)),
+        # The folds of one configuration share cv.group; `cv --summary` gathers them by it.
+        "cv.group": provenance.cv_group(params),
+        "cv.fold": f"{params.data.fold}/{params.data.folds}",
         "seed": str(params.seed),
         # false trades bitwise repeatability for speed (cudnn.benchmark); see trainer.deterministic
         "deterministic": str(params.trainer.deterministic).lower(),

@@ -56,7 +56,7 @@ def run(params: DictConfig, workdir: Path) -> None:
         include_background=False, percentile=params.evaluate.hd_percentile, reduction="none"
     )
     rows, views = [], {}
-    test_data = eval_loader(processed, "test", Caching.of(params), plan["size_mb"], device)
+    test_data = eval_loader(processed, "test", params.data.fold, Caching.of(params), plan["size_mb"], device)
     for batch in track(test_data, "evaluate"):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         logits = sliding_window_logits(model, images, patch, params.evaluate.overlap, acceleration)
@@ -90,12 +90,18 @@ def run(params: DictConfig, workdir: Path) -> None:
         parent_run_id=train_run_id,
         resolved={"resolved.patch_size": planning.describe(patch)},
     ) as run:
-        lab.log_metrics({f"test_{key}": value for key, value in metrics.items() if value is not None})
+        # How many cases the scores average over, beside them in MLflow and in `dvc exp show`.
+        scored = {"test_cases": len(rows)}
+        # Which fold's model scored them, and the configuration its folds share (`cv --summary`).
+        fold = {"fold": params.data.fold, "cv_group": lab.cv_group(params)}
+        lab.log_metrics(
+            {f"test_{key}": value for key, value in metrics.items() if value is not None} | scored
+        )
         (workdir / REPORTS).mkdir(parents=True, exist_ok=True)  # also when evaluate.overlays is 0
         pd.DataFrame(rows).to_csv(workdir / REPORTS / "per_case.csv", index=False)
         mlflow.log_artifacts(str(workdir / REPORTS), "reports")
         lab.register(params, train_run_id, run.info.run_id, metrics)
-        lab.write_run_metrics(workdir / EVALUATE_METRICS, run.info.run_id, metrics)
+        lab.write_run_metrics(workdir / EVALUATE_METRICS, run.info.run_id, metrics | scored | fold)
     dice_mean = "n/a" if metrics["dice_mean"] is None else f"{metrics['dice_mean']:.4f}"
     log.info("Test dice_mean %s (%d cases), run %s", dice_mean, len(rows), run.info.run_id)
 

@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig
 
 from ..data import planning
-from ..data.msd import SPLITS_FILE, MsdDataset, read_msd, split_cases, write_msd
+from ..data.msd import MsdDataset, read_msd, write_msd
 from ..data.parallel import map_cases
+from ..data.splits import SPLITS_FILE, split_cases
 from ..data.transforms import preprocess_transforms
 from ..errors import UserError
 from ..paths import FINGERPRINT, PLAN_FILE, PREPROCESS_METRICS, PROCESSED
@@ -42,12 +43,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     work = partial(_preprocess_case, dataset=source, preprocessing=preprocessing, out=out)
     cases = map_cases(work, source.cases, params.data.num_workers, "preprocess")
 
-    splits = split_cases(
-        source.case_names,
-        params.data.val_fraction,
-        params.data.test_fraction,
-        params.seed,
-    )
+    splits = split_cases(source.patients, params.data.folds, params.data.test_fraction, params.seed)
     (out / SPLITS_FILE).write_text(json.dumps(splits, indent=2) + "\n")
     write_msd(out, f"{source.name} (preprocessed)", source.labels, source.channel_names, source.case_names)
     median_shape = [int(edge) for edge in np.median([case["shape"] for case in cases], axis=0)]
@@ -79,7 +75,8 @@ def run(params: DictConfig, workdir: Path) -> None:
         params.data.normalization,
         summary["median_shape"],
         summary["size_mb"],
-        {name: len(names) for name, names in splits.items()},
+        f"test {len(splits['test'])}, folds {'/'.join(str(len(fold)) for fold in splits['folds'])} "
+        f"(grouped by {splits['grouped_by']})",
     )
 
 

@@ -10,17 +10,14 @@ exits non-zero; the next run of the same experiment resumes (see resume.py).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import resource
-import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import psutil
 import torch
 from omegaconf import DictConfig
@@ -30,6 +27,7 @@ from ..config.instantiate import instantiate_node
 from ..data import planning
 from ..data.loaders import Caching, Sampling, cache_choice, eval_loader, read_plan, train_loader
 from ..data.msd import MsdDataset, read_msd
+from ..data.splits import read_fold
 from ..errors import Interrupted
 from ..model.networks import build_model, model_card
 from ..paths import FINGERPRINT, MODELS, PLOTS, PROCESSED, RESUME_CHECKPOINT, TRAIN_METRICS
@@ -37,21 +35,9 @@ from ..progress import logs_above_bars, track
 from ..training import distributed, resume
 from ..training.acceleration import Acceleration
 from ..training.engine import configure_runtime, save_checkpoint, select_device, train_one_epoch, validate
+from ..training.history import History
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """What the finished epochs produced; a resume checkpoint holds it, and a resumed run restores it."""
-
-    epoch: int = 0
-    losses: list[dict] = field(default_factory=list)  # {"epoch", "train_loss"} per epoch
-    dices: list[dict] = field(
-        default_factory=list
-    )  # {"epoch", "val_dice", "val_dice_<class>"...} per validation
-    best_dice: float = -1.0
-    best_epoch: int = 0
 
 
 @dataclass
@@ -70,7 +56,7 @@ class Fit:
     plan: dict
     patch: list[int]
     card: dict
-    progress: Progress
+    history: History
     resumed_from: str | None  # the stopped run this one continues
     inputs_sha256: str
 
@@ -89,6 +75,8 @@ def run(params: DictConfig, workdir: Path) -> None:
                 lab.start_run(params, "train", workdir, inputs, resolved=resolved) if ranks.is_main else None
             )
             with tracked or contextlib.nullcontext() as mlflow_run, logs_above_bars():
+                if ranks.is_main:  # the cases this fold trains and validates on, and the test cases
+                    mlflow.log_dict(read_fold(workdir / PROCESSED, params.data.fold), "split.json")
                 started = time.perf_counter()
                 # From process start to the first batch: imports, device, caches, the MLflow run.
                 startup_seconds = time.time() - psutil.Process().create_time()
@@ -132,21 +120,27 @@ def _setup(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
         scaler=acceleration.grad_scaler(),
         acceleration=acceleration,
         train_data=train_loader(
-            processed, _sampling(params, patch), Caching.of(params), ranks, plan["size_mb"], device
+            processed,
+            params.data.fold,
+            _sampling(params, patch),
+            Caching.of(params),
+            ranks,
+            plan["size_mb"],
+            device,
         ),
-        val_data=eval_loader(processed, "val", Caching.of(params), plan["size_mb"], device),
+        val_data=eval_loader(processed, "val", params.data.fold, Caching.of(params), plan["size_mb"], device),
         dataset=dataset,
         plan=plan,
         patch=patch,
         card=model_card(params.model, dataset, plan["preprocessing"], patch),
-        progress=Progress(),
+        history=History(),
         resumed_from=None,
         inputs_sha256=inputs_sha256,
     )
     if saved:
         fit.optimizer.load_state_dict(saved["optimizer"])
         fit.scaler.load_state_dict(saved["scaler"])
-        fit.progress = Progress(**{key: saved[key] for key in asdict(fit.progress)})
+        fit.history = resume.restored_history(saved)
         fit.resumed_from = saved["run_id"]
         if ranks.is_main and saved["best"]:  # DVC removed models/ before this run; it comes back
             save_checkpoint(workdir / MODELS / "best.pt", **saved["best"])
@@ -157,15 +151,14 @@ def _fit(params: DictConfig, workdir: Path, fit: Fit, ranks: distributed.Ranks, 
     """The epochs still to run; a stop (SIGTERM, Ctrl-C) saves where the current epoch began."""
     if fit.resumed_from and ranks.is_main:
         mlflow.set_tag("resumed_from", fit.resumed_from)
-        for epoch, metrics in _epoch_metrics(fit.progress).items():  # this run holds whole curves
+        for epoch, metrics in fit.history.epoch_metrics().items():  # this run holds whole curves
             lab.log_metrics(metrics, step=epoch)
     snapshot = None
-    epochs = range(fit.progress.epoch + 1, params.epochs + 1)
+    epochs = range(fit.history.epoch + 1, params.epochs + 1)
     try:
         for epoch in track(epochs, "train", unit="epoch") if ranks.is_main else epochs:
-            if ranks.is_main:
-                # Where a stop during this epoch resumes from; copies on the device are cheap.
-                snapshot = _snapshot(fit)
+            if ranks.is_main:  # where a stop during this epoch resumes from
+                snapshot = resume.snapshot(fit.net, fit.optimizer, fit.scaler, fit.history)
             resume.seed_epoch(params.seed, ranks.rank, epoch, fit.train_data.dataset)
             batches = track(fit.train_data, f"epoch {epoch}", unit="batch", leave=False)
             loss = train_one_epoch(
@@ -222,17 +215,17 @@ def _finish(
         epoch=params.epochs,
         card=fit.card,
     )
-    progress = fit.progress
+    history = fit.history
     summary = {
-        "best_val_dice": progress.best_dice,
-        "best_epoch": progress.best_epoch,
-        "final_train_loss": progress.losses[-1]["train_loss"],
+        "best_val_dice": history.best_dice,
+        "best_epoch": history.best_epoch,
+        "final_train_loss": history.losses[-1]["train_loss"],
     }
     # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     timing = {name: round(value, 2) for name, value in seconds.items()}
     lab.log_metrics(summary | timing | {"peak_rss_mb": round(peak_rss_mb, 1)} | _peak_gpu_memory(device))
-    _write_curves(workdir / PLOTS, progress)
+    history.write_curves(workdir / PLOTS)
     if params.tracking.log_model:
         lab.log_model(fit.net, workdir / MODELS / "best.pt", fit.card)
     lab.write_run_metrics(
@@ -243,8 +236,8 @@ def _finish(
     resume.discard(workdir / RESUME_CHECKPOINT)
     log.info(
         "Best val_dice %.4f at epoch %d; MLflow run %s",
-        progress.best_dice,
-        progress.best_epoch,
+        history.best_dice,
+        history.best_epoch,
         mlflow_run.info.run_id,
     )
 
@@ -253,33 +246,13 @@ def _record(
     fit: Fit, epoch: int, loss: float, dice: dict[str, float] | None, epochs: int, workdir: Path
 ) -> None:
     """One finished epoch: its metrics, its log line, and best.pt when its Dice is the best yet."""
-    progress = fit.progress
-    progress.epoch = epoch
-    progress.losses.append({"epoch": epoch, "train_loss": loss})
-    epoch_metrics = {"train_loss": loss}
+    if fit.history.add(epoch, loss, dice):
+        save_checkpoint(workdir / MODELS / "best.pt", model=fit.net.state_dict(), epoch=epoch, card=fit.card)
     message = f"epoch {epoch}/{epochs} train_loss {loss:.4f}"
     if dice is not None:  # val_dice, the mean over classes, and val_dice_<class> for each
-        progress.dices.append({"epoch": epoch, **dice})
-        epoch_metrics |= dice
         message += f" val_dice {dice['val_dice']:.4f}"
-        # The first validation always saves, so that a NaN Dice still leaves a best.pt.
-        if progress.best_epoch == 0 or dice["val_dice"] > progress.best_dice:
-            progress.best_dice, progress.best_epoch = dice["val_dice"], epoch
-            save_checkpoint(
-                workdir / MODELS / "best.pt", model=fit.net.state_dict(), epoch=epoch, card=fit.card
-            )
-    lab.log_metrics(epoch_metrics, step=epoch)  # one write to the store per epoch
+    lab.log_metrics({"train_loss": loss} | (dice or {}), step=epoch)  # one write to the store per epoch
     log.info(message)
-
-
-def _snapshot(fit: Fit) -> dict:
-    """Copies of everything that a resumed run continues from, as the resume checkpoint holds them."""
-    return {
-        "model": {key: value.detach().clone() for key, value in fit.net.state_dict().items()},
-        "optimizer": copy.deepcopy(fit.optimizer.state_dict()),
-        "scaler": fit.scaler.state_dict(),
-        **copy.deepcopy(asdict(fit.progress)),
-    }
 
 
 def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
@@ -288,30 +261,6 @@ def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-
-
-def _write_curves(folder: Path, progress: Progress) -> None:
-    """The CSV files dvc.yaml plots: loss, mean validation Dice, and one file per class."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(progress.losses).to_csv(folder / "train_loss.csv", index=False)
-    dices = pd.DataFrame(progress.dices)
-    dices[["epoch", "val_dice"]].to_csv(folder / "val_dice.csv", index=False)
-    per_class = folder / "val_dice_per_class"
-    shutil.rmtree(per_class, ignore_errors=True)  # no file left from another dataset's classes
-    per_class.mkdir()
-    for column in dices.columns.drop(["epoch", "val_dice"]):
-        name = column.removeprefix("val_dice_")
-        dices[["epoch", column]].rename(columns={column: "val_dice"}).to_csv(
-            per_class / f"{name}.csv", index=False
-        )
-
-
-def _epoch_metrics(progress: Progress) -> dict[int, dict[str, float]]:
-    """Per finished epoch, its metrics (train_loss, and val_dice where it validated)."""
-    metrics = {row["epoch"]: {"train_loss": row["train_loss"]} for row in progress.losses}
-    for row in progress.dices:
-        metrics[row["epoch"]] |= {key: value for key, value in row.items() if key != "epoch"}
-    return metrics
 
 
 def _resolved(params: DictConfig, plan: dict, patch: list[int], device: torch.device) -> dict[str, str]:

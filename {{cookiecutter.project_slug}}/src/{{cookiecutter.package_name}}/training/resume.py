@@ -14,10 +14,12 @@ alone: an epoch replays the same whether it follows a resume or not.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import signal
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from monai.data import Dataset
 
 from ..errors import Interrupted
 from .engine import save_checkpoint
+from .history import History
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,24 @@ def seed_epoch(seed: int, rank: int, epoch: int, dataset: Dataset) -> None:
     np.random.seed(epoch_seed)
     random.seed(epoch_seed)
     dataset.transform.set_random_state(seed=epoch_seed)  # MONAI transforms keep their own generators
+
+
+def snapshot(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, history: History
+) -> dict:
+    """Copies of everything a resumed run continues from, taken where an epoch begins; copies
+    on the device are cheap."""
+    return {
+        "model": {key: value.detach().clone() for key, value in net.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scaler": scaler.state_dict(),
+        **copy.deepcopy(asdict(history)),
+    }
+
+
+def restored_history(state: dict) -> History:
+    """The history a saved state holds (the fields that :func:`snapshot` copied)."""
+    return History(**{key: state[key] for key in asdict(History())})
 
 
 def load(path: Path, resume: str, inputs: str, device: torch.device) -> dict | None:
