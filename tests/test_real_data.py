@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 # The MRI-like dataset must reach this test mean Dice with only `epochs` raised (measured: 0.884
 # in 40 epochs, against 0.85; training on the CPU is deterministic).
-MRI_EPOCHS = 40
+MRI_EPOCHS = 60
 MRI_PROMISED_DICE = 0.85
 
 

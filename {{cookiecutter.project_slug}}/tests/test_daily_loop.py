@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-MAKE_TARGETS = ("run", "sweep", "show", "ui", "test", "test-full", "doctor")
+MAKE_TARGETS = ("run", "sweep", "cv", "show", "ui", "test", "test-full", "doctor")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,8 @@ def test_make_lists_and_runs_the_daily_targets(project: Path, run: Callable) -> 
     assert dry == ["dvc exp run -S lr=1e-4", "mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5001"]
     sweep = run(["make", "-n", "sweep", "SWEEP=lr=1e-3,3e-4", "JOBS=3"], project).stdout
     assert "dvc exp run --queue -S 'lr=1e-3,3e-4'" in sweep and "dvc queue start -j 3" in sweep
+    cv = run(["make", "-n", "cv", "S=-S data.folds=3", "JOBS=3"], project).stdout.strip()
+    assert cv == f"python -m {package_name()} cv --jobs 3 -S data.folds=3", cv
     doctor = run(["make", "doctor"], project, check=False)
     assert "PASS  dvc repo" in doctor.stdout
 

@@ -1,4 +1,4 @@
-"""The lab's plumbing: tracking, provenance, registry, sinks, and the tools (verify, reproduce, compare,
+"""The lab's plumbing: tracking, provenance, registry, sinks, and the tools (verify, reproduce, compare, cv,
 sync, search, doctor, server, offline plots).
 
 Stages reach it only through the names below: the seam. Each records what a stage did (a run,
