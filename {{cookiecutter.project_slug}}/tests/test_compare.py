@@ -130,6 +130,18 @@ def test_an_unknown_reference_is_named(experiment: Path, run, reference: str) ->
     assert "Traceback" not in result.stderr
 
 
+def test_a_model_version_evaluate_did_not_register_is_refused(experiment: Path, run, tmp_path: Path) -> None:
+    client = client_for(experiment)
+    name = f"by-hand-{tmp_path.name}"
+    client.create_registered_model(name)
+    scored = scored_run(experiment, tmp_path, 0.0)
+    client.create_model_version(name, f"runs:/{scored}/model", run_id=scored)  # no evaluate_run_id tag
+    result = compare(experiment, run, f"models:/{name}/1", evaluate_run_id(experiment))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"models:/{name}/1 (version 1) was not registered by evaluate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def promote(experiment: Path, tmp_path: Path, package_module: Callable[[str], ModuleType]) -> Callable:
     """Register a crafted evaluate run (BASE plus a change per case) as the next version of a model

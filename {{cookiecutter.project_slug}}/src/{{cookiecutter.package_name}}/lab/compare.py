@@ -123,6 +123,11 @@ def _evaluate_run(client: mlflow.MlflowClient, reference: str) -> mlflow.entitie
             )
         except mlflow.MlflowException as error:
             raise UserError(f"No model version {reference} ({error.message}).") from error
+        if "evaluate_run_id" not in version.tags:
+            raise UserError(
+                f"{reference} (version {version.version}) was not registered by evaluate: it has no "
+                "evaluate_run_id tag naming the run that scored it. Compare evaluate runs or experiments."
+            )
         return client.get_run(version.tags["evaluate_run_id"])
     try:
         run = client.get_run(reference)
