@@ -159,7 +159,7 @@ def promote(experiment: Path, tmp_path: Path, package_module: Callable[[str], Mo
         version = client.create_model_version(
             name, f"runs:/{run_id}/model", run_id=run_id, tags={"evaluate_run_id": run_id}
         )
-        rule = registry.Rule("dice_mean", "max", policy, seed=0)
+        rule = registry.Rule("dice_mean", "max", policy)
         registry._promote_if_better(client, version, rule, score, client.get_run(run_id))
         return {
             "version": int(version.version),

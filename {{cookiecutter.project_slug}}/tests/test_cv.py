@@ -9,7 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
+import pandas as pd
 import pytest
+import torch
+import yaml
 from conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -93,3 +97,90 @@ def test_the_summary_gives_each_fold_and_mean_and_sd_and_links_its_folds(cv: dic
     assert "val_dice_mean: " in output
     again = run([*cv["command"], "--summary"], cv["workspace"])  # summarises without running
     assert again.stdout == output
+
+
+def test_predict_ensembles_the_folds_with_mirrored_passes(cv: dict, run, tmp_path: Path) -> None:
+    workspace, group = cv["workspace"], cv["summary"].data.tags["cv.group"]
+    package = cv["command"][2]
+    scan = sorted((workspace / "data" / "synthetic" / "imagesTr").iterdir())[0]
+    output = tmp_path / "masks"
+    predict = [sys.executable, "-m", package, "predict", str(scan), "--output", str(output)]
+    run([*predict, "--model", f"cv:{group}", "--tta", "flip"], workspace)
+    mask = nib.load(output / scan.name)
+    assert mask.shape == nib.load(scan).shape
+    sidecar = json.loads((output / scan.name.replace(".nii.gz", ".json")).read_text())
+    folds = [run.info.run_id for _, run in sorted(cv["train"].items())]
+    assert [member["run_id"] for member in sidecar["members"]] == folds
+    assert sidecar["combined"] == f"mean softmax of {FOLDS} model(s) x 8 mirrorings"
+
+
+def test_the_ensemble_softmax_is_the_mean_of_the_folds_softmax_on_one_case(
+    cv: dict, package_module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(cv["workspace"])  # the project whose tracking store holds the folds
+    group = cv["summary"].data.tags["cv.group"]
+    members = package_module("inference.predict").load_models([f"cv:{group}"], cv["workspace"])
+    assert [m.source["run_id"] for m in members] == [r.info.run_id for _, r in sorted(cv["train"].items())]
+    card = members[0].card
+    scan = sorted((cv["workspace"] / "data" / "synthetic" / "imagesTr").iterdir())[0]
+    prepare = package_module("data.transforms").preprocess_transforms(card["preprocessing"], keys=("image",))
+    image = prepare({"image": str(scan)})["image"][None].as_tensor()
+    networks = package_module("model.networks")
+    models = [networks.model_from_card(m.card, m.state) for m in members]
+    plain = package_module("training.acceleration").Acceleration.for_inference(torch.device("cpu"))
+    ensemble = package_module("inference.ensemble")
+    patches = [m.card["patch_size"] for m in members]
+    combined = ensemble.Ensemble(models, patches, [()]).logits_or_probabilities(image, 0.25, plain)
+    logits = package_module("training.engine").sliding_window_logits
+    each = [
+        torch.softmax(logits(model, image, patch, 0.25, plain), dim=1)
+        for model, patch in zip(models, patches, strict=True)
+    ]
+    assert torch.allclose(combined, torch.stack(each).mean(0), atol=1e-6)
+    assert not torch.allclose(each[0], each[1])  # the folds are different models
+
+
+def test_the_registered_ensemble_is_scored_like_a_model_and_predict_runs_it(
+    cv: dict, run, tmp_path: Path
+) -> None:
+    """Last in this module: it brings a fold's outputs into the workspace (`dvc exp apply`)."""
+    workspace, client, package = cv["workspace"], cv["client"], cv["command"][2]
+    group = cv["summary"].data.tags["cv.group"]
+    run(
+        [sys.executable, "-m", "dvc", "exp", "apply", cv["train"][f"0/{FOLDS}"].data.tags["dvc.exp_name"]],
+        workspace,
+    )
+    tool = [sys.executable, "-m", package]
+    scored = run([*tool, "ensemble", f"cv:{group}", "--tta", "flip", "--register"], workspace)
+    assert [line.split("|")[1].strip() for line in scored.stdout.splitlines()[2:]] == [
+        *(f"{fold}/{FOLDS}" for fold in range(FOLDS)),
+        "ensemble",
+    ], scored.stdout
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    (ensemble,) = client.search_runs(experiments, "tags.stage = 'ensemble'")
+    folds = [r.info.run_id for _, r in sorted(cv["train"].items())]
+    assert ensemble.data.tags["ensemble.members"] == ",".join(folds)
+    assert ensemble.data.tags["ensemble.combined"] == f"mean softmax of {FOLDS} model(s) x 8 mirrorings"
+    assert ensemble.data.tags["cv.group"] == group and "test_dice_mean" in ensemble.data.metrics
+    cases = {tuple(pd.read_csv(client.download_artifacts(r.info.run_id, "reports/per_case.csv"))["case"])
+             for r in [ensemble, *cv["evaluate"].values()]}  # fmt: skip
+    assert len(cases) == 1  # the test cases its folds were scored on
+
+    name = yaml.safe_load((workspace / "params.yaml").read_text())["tracking"]["experiment_name"]
+    version = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert version.tags["ensemble.members"] == ",".join(folds) and version.tags["ensemble.tta"] == "flip"
+    assert version.tags["evaluate_run_id"] == ensemble.info.run_id
+    assert "tracking.champion_policy=" in version.tags["champion.decision"]
+
+    scan = sorted((workspace / "data" / "synthetic" / "imagesTr").iterdir())[0]
+    output = tmp_path / "masks"
+    model = f"models:/{name}/{version.version}"
+    run([*tool, "predict", str(scan), "--model", model, "--output", str(output)], workspace)
+    assert nib.load(output / scan.name).shape == nib.load(scan).shape
+    sidecar = json.loads((output / scan.name.replace(".nii.gz", ".json")).read_text())
+    assert [member["run_id"] for member in sidecar["members"]] == folds
+    assert sidecar["combined"] == f"mean softmax of {FOLDS} model(s) x 8 mirrorings"  # as registered
+
+    fold_zero = cv["evaluate"][f"0/{FOLDS}"].info.run_id
+    compared = run([*tool, "compare", fold_zero, ensemble.info.run_id], workspace)
+    assert "B = " in compared.stdout and "| " in compared.stdout

@@ -26,8 +26,17 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
             (
                 ("--model",),
                 {
-                    "help": "MLflow run id, models:/<name>@<alias> or /<version>, or a checkpoint "
-                    "(.pt) (default: models:/<tracking.experiment_name>@champion)"
+                    "action": "append",
+                    "help": "MLflow run id, models:/<name>@<alias> or /<version>, a checkpoint (.pt), or "
+                    "cv:<group> (a cv run's folds); repeat it for an ensemble "
+                    "(default: models:/<tracking.experiment_name>@champion)",
+                },
+            ),
+            (
+                ("--tta",),
+                {
+                    "choices": ["none", "flip"],
+                    "help": "flip: add mirrored passes (default: none, or as a registered ensemble was)",
                 },
             ),
             (("--output",), {"type": Path, "default": Path("predictions"), "help": "folder for the masks"}),
@@ -94,7 +103,7 @@ def _stage(args: argparse.Namespace, workdir: Path) -> bool:
 
 def _predict(args: argparse.Namespace, workdir: Path) -> bool:
     predict = package_module(".inference.predict")
-    predict.predict_files(args.inputs, args.model, args.output, args.overlap, workdir)
+    predict.predict_files(args.inputs, args.model, args.output, args.overlap, workdir, args.tta)
     return True
 
 

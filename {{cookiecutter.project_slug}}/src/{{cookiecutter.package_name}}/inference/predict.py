@@ -1,6 +1,8 @@
 """``predict``: segment new NIfTI inputs with a trained model, on each input's own grid.
 
-The model comes with its card (network config, channels, labels, preprocessing; see
+With several models (``--model`` repeated, or ``cv:<group>`` for the folds of a `cv` run) the
+mask comes from the mean of their softmax outputs, and ``--tta flip`` adds mirrored passes
+(ensemble.py). Each model comes with its card (network config, channels, labels, preprocessing; see
 ``models.model_card``), so an input is prepared exactly as the model's training data was:
 the same orientation, crop, spacing and normalisation statistics. The mask is then mapped back
 through those transforms (MONAI's Invertd) to the input's own shape and affine.
@@ -22,18 +24,19 @@ import mlflow.pytorch
 import nibabel as nib
 import numpy as np
 import torch
+from mlflow.entities.model_registry import ModelVersion
 from monai.transforms import Invertd
 from omegaconf import OmegaConf
 
 from ..config.params import PARAMS_FILE, repo_root
 from ..data.transforms import preprocess_transforms
 from ..errors import UserError
-from ..lab.registry import CHAMPION, logged_model
+from ..lab.registry import CHAMPION, ENSEMBLE_MEMBERS, ENSEMBLE_TTA, logged_model
 from ..lab.tracking import tracking_uri
 from ..model.networks import model_from_card
 from ..progress import track
-from ..training import engine
 from ..training.acceleration import Acceleration
+from .ensemble import Ensemble, check_members, mirrorings
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +50,31 @@ class LoadedModel:
     card: dict
     state: dict[str, torch.Tensor]
     source: dict[str, str] = field(default_factory=dict)  # what the sidecar records about it
+    tta: str | None = None  # how a registered ensemble it belongs to was scored (`ensemble --tta`)
 
 
 def predict_files(
-    inputs: list[str], model_ref: str | None, output: Path, overlap: float, workdir: Path
+    inputs: list[str],
+    model_refs: list[str] | None,
+    output: Path,
+    overlap: float,
+    workdir: Path,
+    tta: str | None = None,
 ) -> None:
-    """Segment each input file with the model ``model_ref`` names; write masks and cards to ``output``."""
+    """Segment each input file with the models ``model_refs`` name (default: the champion);
+    write masks and cards to ``output``."""
     files = input_files(inputs)
-    loaded = load_model(model_ref, workdir)
-    card = loaded.card
+    loaded = load_models(model_refs, workdir)
+    # A registered ensemble runs as it was scored, unless --tta says otherwise.
+    flips = mirrorings(tta or next((member.tta for member in loaded if member.tta), "none"))
+    check_members([member.card for member in loaded], [member.source["model"] for member in loaded])
+    card = loaded[0].card
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model_from_card(card, loaded.state).to(device)
+    ensemble = Ensemble(
+        [model_from_card(member.card, member.state).to(device) for member in loaded],
+        [member.card["patch_size"] for member in loaded],
+        flips,
+    )
     acceleration = Acceleration.for_inference(device)
     prepare = preprocess_transforms(card["preprocessing"], keys=("image",))
     restore = Invertd(keys="mask", transform=prepare, orig_keys="image", nearest_interp=True)
@@ -65,17 +82,16 @@ def predict_files(
     for path in track(files, "predict", unit="file"):
         source = check_input(path, card["channels"])
         item = prepare({"image": str(path)})
-        logits = engine.sliding_window_logits(
-            model, item["image"][None].to(device), card["patch_size"], overlap, acceleration
-        )
-        item["mask"] = logits[0].argmax(0, keepdim=True).cpu().float()
+        scores = ensemble.logits_or_probabilities(item["image"][None].to(device), overlap, acceleration)
+        item["mask"] = scores[0].argmax(0, keepdim=True).cpu().float()
         mask = restore(item)["mask"][0].numpy().round().astype(np.uint8)
         if mask.shape != source.shape[:3]:
             raise RuntimeError(f"mask shape {mask.shape} != input shape {source.shape[:3]} for {path}")
         name = path.name
         nib.save(nib.Nifti1Image(mask, source.affine), output / name)
         sidecar = {
-            **loaded.source,
+            **(loaded[0].source if len(loaded) == 1 else {"members": [member.source for member in loaded]}),
+            "combined": ensemble.describe(),
             "input": str(path),
             "input_md5": hashlib.md5(path.read_bytes()).hexdigest(),
             "labels": card["labels"],
@@ -83,8 +99,8 @@ def predict_files(
         (output / f"{name.removesuffix('.gz').removesuffix('.nii')}.json").write_text(
             json.dumps(sidecar, indent=2) + "\n"
         )
-        model_source = ", ".join(f"{key}={value}" for key, value in loaded.source.items())
-        log.info("%s -> %s on %s (%s)", path, output / name, device, model_source)
+        models = "; ".join(", ".join(f"{key}={value}" for key, value in m.source.items()) for m in loaded)
+        log.info("%s -> %s on %s (%s; %s)", path, output / name, device, models, ensemble.describe())
 
 
 def input_files(inputs: list[str]) -> list[Path]:
@@ -124,6 +140,47 @@ def check_input(path: Path, channels: list[str]) -> nib.Nifti1Image:
             "give a 4D NIfTI with the channels last, in that order."
         )
     return image
+
+
+def load_models(references: list[str] | None, workdir: Path) -> list[LoadedModel]:
+    """Each ``--model`` (default: the champion). ``cv:<group>`` stands for the newest train run of
+    every fold of a `cv` group; a registered ensemble (`ensemble --register`) for its members."""
+    loaded = []
+    for reference in references or [f"models:/{_experiment_name(workdir)}@{CHAMPION}"]:
+        if Path(reference).is_file():  # a checkpoint: no tracking store needed
+            loaded.append(load_model(reference, workdir))
+        elif reference.startswith("cv:"):
+            loaded += [load_model(run_id, workdir) for run_id in _fold_runs(reference.removeprefix("cv:"))]
+        elif (match := REGISTERED.fullmatch(reference)) and ENSEMBLE_MEMBERS in (
+            tags := _version(match).tags
+        ):
+            for run_id in tags[ENSEMBLE_MEMBERS].split(","):
+                member = load_model(run_id, workdir)
+                member.source["ensemble"] = reference
+                member.tta = tags.get(ENSEMBLE_TTA, "none")
+                loaded.append(member)
+        else:
+            loaded.append(load_model(reference, workdir))
+    return loaded
+
+
+def _fold_runs(group: str) -> list[str]:
+    """The newest finished train run of each fold of ``group`` (a cv.group tag), fold by fold."""
+    client = mlflow.MlflowClient(tracking_uri(repo_root()))
+    runs = client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()],
+        f"tags.`cv.group` = '{group}' and tags.stage = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    newest: dict[int, str] = {}
+    for run in runs:
+        newest.setdefault(int(run.data.tags["cv.fold"].split("/")[0]), run.info.run_id)
+    if not newest:
+        raise UserError(
+            f"--model cv:{group}: no finished train run has cv.group {group} in {client.tracking_uri} "
+            "(`cv --summary` prints a group's id)."
+        )
+    return [newest[fold] for fold in sorted(newest)]
 
 
 def load_model(reference: str | None, workdir: Path) -> LoadedModel:
@@ -170,16 +227,20 @@ def _from_checkpoint(path: Path) -> LoadedModel:
     return LoadedModel(checkpoint["card"], checkpoint["model"], {"model": str(path)})
 
 
-def _registered_version(match: re.Match) -> dict[str, str]:
-    client = mlflow.MlflowClient()
+def _version(match: re.Match) -> ModelVersion:
+    """The registered version a models:/<name>@<alias> or /<version> URI names."""
+    client = mlflow.MlflowClient(tracking_uri(repo_root()))
     name = match["name"]
     try:
         if match["alias"]:
-            version = client.get_model_version_by_alias(name, match["alias"])
-        else:
-            version = client.get_model_version(name, match["version"])
+            return client.get_model_version_by_alias(name, match["alias"])
+        return client.get_model_version(name, match["version"])
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"models:/{name}: {error.message} (see `mlflow ui`, Models).") from error
+
+
+def _registered_version(match: re.Match) -> dict[str, str]:
+    name, version = match["name"], _version(match)
     return {
         "registered_model": name,
         "version": str(version.version),

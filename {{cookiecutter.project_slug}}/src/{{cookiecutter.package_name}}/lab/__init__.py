@@ -1,5 +1,5 @@
-"""The lab's plumbing: tracking, provenance, registry, sinks, and the tools (verify, reproduce, compare, cv,
-sync, search, doctor, server, offline plots).
+"""The lab's plumbing: tracking, provenance, registry, sinks, and the tools (verify, reproduce,
+compare, cv, ensemble, sync, search, doctor, server, offline plots).
 
 Stages reach it only through the names below: the seam. Each records what a stage did (a run,
 its metrics, its model, a registered version) and hands nothing back that the stage computes

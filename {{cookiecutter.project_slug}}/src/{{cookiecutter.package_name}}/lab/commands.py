@@ -40,6 +40,20 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
             FIXED,
         ],
     ),
+    "ensemble": (
+        "score several models combined (mean softmax) on the test set; --register makes it a version",
+        [
+            (
+                ("models",),
+                {"nargs": "+", "metavar": "MODEL", "help": "MLflow run ids, models:/ URIs, or cv:<group>"},
+            ),
+            (
+                ("--tta",),
+                {"choices": ["none", "flip"], "default": "none", "help": "flip: add mirrored passes"},
+            ),
+            (("--register",), {"action": "store_true", "help": "register it; it may become the champion"}),
+        ],
+    ),
     "verify": ("recompute a run's data, code and params hashes here", [RUN_ID]),
     "compare": (
         "is B really better than A? paired per-case differences, bootstrap interval, Wilcoxon",
@@ -135,6 +149,11 @@ def _search(args: argparse.Namespace, _workdir: Path) -> bool:
     return True
 
 
+def _ensemble(args: argparse.Namespace, workdir: Path) -> bool:
+    package_module(".lab.ensemble").ensemble(repo_root(), workdir, args.models, args.tta, args.register)
+    return True
+
+
 def _cv(args: argparse.Namespace, _workdir: Path) -> bool:
     package_module(".lab.cv").cv(repo_root(), args.jobs, args.fixed, args.summary, args.group)
     return True
@@ -160,5 +179,6 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Path], bool]] = {
     "sync": _sync,
     "search": _search,
     "cv": _cv,
+    "ensemble": _ensemble,
     "plots-offline": _plots_offline,
 }

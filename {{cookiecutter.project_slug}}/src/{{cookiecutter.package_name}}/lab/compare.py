@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PER_CASE = "reports/per_case.csv"
 SPLIT_TAG = "data.processed.md5"  # the preprocessed data, its train/val/test split included
 CONFIDENCE = 0.95
+SCORING_STAGES = ("evaluate", "ensemble")  # the runs that hold a per-case table of the test set
 
 
 @dataclass
@@ -88,7 +89,7 @@ def paired_difference(
 ) -> Difference:
     """B - A on one per-case score of two evaluate runs: a class's column, or ``<score>_mean``
     (e.g. dice_mean), each case's mean over its classes. A UserError when they did not score the
-    same test cases."""
+    same test cases. The bootstrap's ``seed`` is fixed, so the same runs always get the same answer."""
     first, second = (
         Side(run.info.run_id, [run], [_with_case_means(_per_case(client, run))]) for run in (a, b)
     )
@@ -146,10 +147,10 @@ def _evaluate_run(client: mlflow.MlflowClient, reference: str) -> mlflow.entitie
                 "models:/ URI in this store; `dvc exp show` lists the experiments."
             ) from None
         return found[0]
-    if run.data.tags.get("stage") != "evaluate":
+    if run.data.tags.get("stage") not in SCORING_STAGES:
         raise UserError(
             f"Run {reference} is a {run.data.tags.get('stage', 'non-stage')} run; compare scores "
-            "test cases, so give an evaluate run (its id is in metrics/evaluate.json)."
+            "test cases, so give an evaluate run (its id is in metrics/evaluate.json) or an ensemble's."
         )
     return run
 

@@ -28,6 +28,10 @@ from . import compare, tracking
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# Tags of a version that is an ensemble (`ensemble --register`): its members' train runs, and
+# whether their passes were mirrored; `predict` runs every member from them.
+ENSEMBLE_MEMBERS = "ensemble.members"
+ENSEMBLE_TTA = "ensemble.tta"
 # Run tags that describe the run itself rather than what produced the model.
 RUN_ONLY_TAGS = ("stage",)
 
@@ -47,7 +51,7 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         log.info("Not registering: this run reproduces %s", os.environ[tracking.REPRODUCES_VARIABLE])
         return
     metric, mode = settings.champion_metric, settings.champion_mode
-    rule = Rule(metric, mode, settings.champion_policy, params.seed)
+    rule = Rule(metric, mode, settings.champion_policy)
     if metric not in metrics:
         raise UserError(
             f"tracking.champion_metric={metric!r} is not a test metric; use one of "
@@ -66,8 +70,37 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
     # Held from registration to the alias move, so that two evaluations finishing at once
     # (`dvc queue start -j 2`) cannot both read the old champion and both replace it.
     with tracking.store_lock(mlflow.get_tracking_uri()):
-        version = _new_version(client, settings.experiment_name, model, tags)
+        source = f"models:/{model.model_id}"
+        version = _new_version(
+            client, settings.experiment_name, source, model.source_run_id, tags, model.model_id
+        )
         _promote_if_better(client, version, rule, metrics[metric], evaluate_run)
+
+
+def register_ensemble(
+    params: DictConfig, client: mlflow.MlflowClient, run: mlflow.entities.Run, metrics: dict, tta: str
+) -> ModelVersion:
+    """Register an ensemble's run (see ensemble.py) as a version; maybe move `champion` to it.
+
+    The version points at the run's ``ensemble.json`` (its members' models) and carries its
+    provenance, its members and its score; it competes for `champion` like any version.
+    """
+    settings = params.tracking
+    metric = settings.champion_metric
+    rule = Rule(metric, settings.champion_mode, settings.champion_policy)
+    tags = {
+        **_provenance_tags(run.data.tags),
+        ENSEMBLE_MEMBERS: run.data.tags[ENSEMBLE_MEMBERS],
+        ENSEMBLE_TTA: tta,
+        "evaluate_run_id": run.info.run_id,
+    }
+    if metrics.get(metric) is not None:
+        tags[f"test_{metric}"] = str(metrics[metric])
+    with tracking.store_lock(client.tracking_uri):
+        source = f"runs:/{run.info.run_id}/ensemble"
+        version = _new_version(client, settings.experiment_name, source, run.info.run_id, tags)
+        _promote_if_better(client, version, rule, metrics.get(metric), run)
+    return version
 
 
 def logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
@@ -89,9 +122,14 @@ def logged_model(experiment_id: str, train_run_id: str) -> LoggedModel:
 
 
 def _new_version(
-    client: mlflow.MlflowClient, name: str, model: LoggedModel, tags: dict[str, str]
+    client: mlflow.MlflowClient,
+    name: str,
+    source: str,
+    run_id: str,
+    tags: dict[str, str],
+    model_id: str | None = None,
 ) -> ModelVersion:
-    """A new version of registered model ``name`` (created if new) for the logged ``model``.
+    """A new version of registered model ``name`` (created if new) for the model at ``source``.
 
     Through the client rather than ``mlflow.register_model``, which prints its own progress
     lines on stderr; the promotion log line below says what happened.
@@ -106,9 +144,7 @@ def _new_version(
         except MlflowException as race:  # a parallel evaluation created it meanwhile
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-    return client.create_model_version(
-        name, f"models:/{model.model_id}", run_id=model.source_run_id, tags=tags, model_id=model.model_id
-    )
+    return client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
 
 
 def _provenance_tags(run_tags: dict[str, str]) -> dict[str, str]:
@@ -131,7 +167,6 @@ class Rule:
     metric: str
     mode: str  # max or min
     policy: str  # best or significant
-    seed: int  # of the bootstrap, so that the same runs always get the same decision
 
     def __str__(self) -> str:
         return (
@@ -190,7 +225,7 @@ def _significantly_better(
 ) -> tuple[bool, str]:
     """Whether the challenger beats the champion beyond noise on the same test cases, and the numbers."""
     try:
-        difference = compare.paired_difference(client, champion, challenger, rule.metric, rule.seed)
+        difference = compare.paired_difference(client, champion, challenger, rule.metric)
     except UserError as error:
         return False, f"no comparison with v{current}: {error}"
     if math.isnan(difference.low):  # too few cases for an interval

@@ -22,7 +22,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     started = time.perf_counter()
     dataset = read_msd(workdir / params.data.dir)
     cases = map_cases(
-        partial(fingerprint_case, dataset=dataset, seed=params.seed),
+        partial(fingerprint_case, dataset=dataset, seed=params.data.seed),
         dataset.cases,
         params.data.num_workers,
         "fingerprint",

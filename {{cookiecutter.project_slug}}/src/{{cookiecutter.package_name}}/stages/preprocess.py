@@ -1,5 +1,5 @@
 """Stage preprocess: orient, crop, resample and normalise the selected dataset, case by case;
-split it by seed. The `auto` choices are resolved from the fingerprint and written beside the
+split it by data.seed. The `auto` choices are resolved from the fingerprint and written beside the
 data (plan.json), where train, evaluate and the logged model read them."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def run(params: DictConfig, workdir: Path) -> None:
     work = partial(_preprocess_case, dataset=source, preprocessing=preprocessing, out=out)
     cases = map_cases(work, source.cases, params.data.num_workers, "preprocess")
 
-    splits = split_cases(source.patients, params.data.folds, params.data.test_fraction, params.seed)
+    splits = split_cases(source.patients, params.data.folds, params.data.test_fraction, params.data.seed)
     (out / SPLITS_FILE).write_text(json.dumps(splits, indent=2) + "\n")
     write_msd(out, f"{source.name} (preprocessed)", source.labels, source.channel_names, source.case_names)
     median_shape = [int(edge) for edge in np.median([case["shape"] for case in cases], axis=0)]
