@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from ..config.params import PARAMS_FILE, repo_root
 from ..data.transforms import preprocess_transforms
 from ..errors import UserError
+from ..lab.cv import latest_per_fold
 from ..lab.registry import CHAMPION, ENSEMBLE_MEMBERS, ENSEMBLE_TTA, logged_model
 from ..lab.tracking import tracking_uri
 from ..model.networks import model_from_card
@@ -167,20 +168,13 @@ def load_models(references: list[str] | None, workdir: Path) -> list[LoadedModel
 def _fold_runs(group: str) -> list[str]:
     """The newest finished train run of each fold of ``group`` (a cv.group tag), fold by fold."""
     client = mlflow.MlflowClient(tracking_uri(repo_root()))
-    runs = client.search_runs(
-        [experiment.experiment_id for experiment in client.search_experiments()],
-        f"tags.`cv.group` = '{group}' and tags.stage = 'train' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    )
-    newest: dict[int, str] = {}
-    for run in runs:
-        newest.setdefault(int(run.data.tags["cv.fold"].split("/")[0]), run.info.run_id)
+    newest = latest_per_fold(client, group, "train")
     if not newest:
         raise UserError(
             f"--model cv:{group}: no finished train run has cv.group {group} in {client.tracking_uri} "
             "(`cv --summary` prints a group's id)."
         )
-    return [newest[fold] for fold in sorted(newest)]
+    return [run.info.run_id for run in newest.values()]
 
 
 def load_model(reference: str | None, workdir: Path) -> LoadedModel:

@@ -19,7 +19,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from dvc.utils.hydra import compose_and_dump
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import schema
@@ -56,6 +55,9 @@ def cv(root: Path, jobs: int, fixed: list[str], summary_only: bool, group: str |
 
 def composed(root: Path, overrides: list[str]) -> DictConfig:
     """conf/ composed with ``overrides`` exactly as `dvc exp run -S ...` composes params.yaml."""
+    # Imported here: `predict --model cv:<group>` reads this module's latest_per_fold, not DVC.
+    from dvc.utils.hydra import compose_and_dump
+
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "params.yaml"
         try:
@@ -70,13 +72,13 @@ def composed(root: Path, overrides: list[str]) -> DictConfig:
 def summarise(root: Path, group: str, folds: int) -> pd.DataFrame:
     """Per fold and over folds: best-epoch validation Dice and test Dice per class; logged to MLflow."""
     client = mlflow.MlflowClient(tracking_uri(root))
-    evaluations = _latest_per_fold(client, group)
+    evaluations = latest_per_fold(client, group, "evaluate")
     if not evaluations:
         raise UserError(
             f"No finished evaluate run has cv.group {group} in {client.tracking_uri}; run `cv` "
             "first, with the same -S overrides, or give --group."
         )
-    rows = {fold: _scores(client, run) for fold, run in sorted(evaluations.items())}
+    rows = {fold: _scores(client, run) for fold, run in evaluations.items()}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")
     missing = sorted(set(range(folds)) - set(rows))
     table.loc["mean"] = table.mean()
@@ -87,18 +89,18 @@ def summarise(root: Path, group: str, folds: int) -> pd.DataFrame:
     return table
 
 
-def _latest_per_fold(client: mlflow.MlflowClient, group: str) -> dict[int, mlflow.entities.Run]:
-    """The newest finished evaluate run of each fold of the group."""
+def latest_per_fold(client: mlflow.MlflowClient, group: str, stage: str) -> dict[int, mlflow.entities.Run]:
+    """The newest finished ``stage`` run (train or evaluate) of each fold of ``group``, by fold."""
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     runs = client.search_runs(
         experiments,
-        f"tags.`cv.group` = '{group}' and tags.stage = 'evaluate' and attributes.status = 'FINISHED'",
+        f"tags.`cv.group` = '{group}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
     latest: dict[int, mlflow.entities.Run] = {}
     for run in runs:
         latest.setdefault(int(run.data.tags["cv.fold"].split("/")[0]), run)
-    return latest
+    return dict(sorted(latest.items()))
 
 
 def _scores(client: mlflow.MlflowClient, evaluation: mlflow.entities.Run) -> dict[str, float]:
@@ -142,7 +144,7 @@ def _log(
     tags = {
         "stage": "cv",
         "cv.group": group,
-        "cv.runs": ",".join(run.info.run_id for _, run in sorted(evaluations.items())),
+        "cv.runs": ",".join(run.info.run_id for run in evaluations.values()),
     }
     run = client.create_run(first.info.experiment_id, tags=tags, run_name=f"cv {group}")
     for statistic in ("mean", "sd"):
