@@ -140,24 +140,34 @@ def test_the_ensemble_softmax_is_the_mean_of_the_folds_softmax_on_one_case(
     assert not torch.allclose(each[0], each[1])  # the folds are different models
 
 
-def test_the_registered_ensemble_is_scored_like_a_model_and_predict_runs_it(
-    cv: dict, run, tmp_path: Path
-) -> None:
-    """Last in this module: it brings a fold's outputs into the workspace (`dvc exp apply`)."""
+@pytest.fixture(scope="module")
+def registered(cv: dict, run) -> dict:
+    """The folds' ensemble, scored and registered. It brings a fold's outputs into the workspace
+    (`dvc exp apply`), so the tests that use it come last in this module."""
     workspace, client, package = cv["workspace"], cv["client"], cv["command"][2]
     group = cv["summary"].data.tags["cv.group"]
     run(
         [sys.executable, "-m", "dvc", "exp", "apply", cv["train"][f"0/{FOLDS}"].data.tags["dvc.exp_name"]],
         workspace,
     )
-    tool = [sys.executable, "-m", package]
-    scored = run([*tool, "ensemble", f"cv:{group}", "--tta", "flip", "--register"], workspace)
-    assert [line.split("|")[1].strip() for line in scored.stdout.splitlines()[2:]] == [
-        *(f"{fold}/{FOLDS}" for fold in range(FOLDS)),
-        "ensemble",
-    ], scored.stdout
+    command = [sys.executable, "-m", package, "ensemble", f"cv:{group}", "--tta", "flip", "--register"]
+    scored = run(command, workspace)
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     (ensemble,) = client.search_runs(experiments, "tags.stage = 'ensemble'")
+    return {"output": scored.stdout, "run": ensemble}
+
+
+def test_the_registered_ensemble_is_scored_like_a_model_and_predict_runs_it(
+    cv: dict, registered: dict, run, tmp_path: Path
+) -> None:
+    workspace, client, package = cv["workspace"], cv["client"], cv["command"][2]
+    group = cv["summary"].data.tags["cv.group"]
+    tool = [sys.executable, "-m", package]
+    assert [line.split("|")[1].strip() for line in registered["output"].splitlines()[2:]] == [
+        *(f"{fold}/{FOLDS}" for fold in range(FOLDS)),
+        "ensemble",
+    ], registered["output"]
+    ensemble = registered["run"]
     folds = [r.info.run_id for _, r in sorted(cv["train"].items())]
     assert ensemble.data.tags["ensemble.members"] == ",".join(folds)
     assert ensemble.data.tags["ensemble.combined"] == f"mean softmax of {FOLDS} model(s) x 8 mirrorings"
@@ -184,3 +194,16 @@ def test_the_registered_ensemble_is_scored_like_a_model_and_predict_runs_it(
     fold_zero = cv["evaluate"][f"0/{FOLDS}"].info.run_id
     compared = run([*tool, "compare", fold_zero, ensemble.info.run_id], workspace)
     assert "B = " in compared.stdout and "| " in compared.stdout
+
+
+def test_verify_and_reproduce_take_an_ensemble_through_its_members(cv: dict, registered: dict, run) -> None:
+    """Each fold is checked in its own experiment's commit (their params differ), and re-trained."""
+    tool, ensemble = [sys.executable, "-m", cv["command"][2]], registered["run"].info.run_id
+    verified = run([*tool, "verify", ensemble], cv["workspace"]).stdout
+    assert f"{FOLDS} of {FOLDS} members verify" in verified and "MISMATCH" not in verified, verified
+    for _, member in sorted(cv["train"].items()):
+        name = member.data.tags["dvc.exp_name"]
+        assert f"Verifying MLflow run {member.info.run_id} (train, {name})" in verified, verified
+    reproduced = run([*tool, "reproduce", ensemble], cv["workspace"]).stdout
+    assert f"{FOLDS} of {FOLDS} members reproduce: metrics agree." in reproduced, reproduced[-3000:]
+    assert reproduced.count("Reproduced as MLflow run") == FOLDS

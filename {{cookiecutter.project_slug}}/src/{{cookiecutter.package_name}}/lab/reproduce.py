@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,7 +22,9 @@ from hydra_plugins.conf_sha256.hashing import conf_sha256
 from ..config.params import CONF_HASH_KEY, PARAMS_FILE, check_buildable, check_code_and_paths
 from ..errors import UserError
 from . import provenance
+from .registry import ENSEMBLE_MEMBERS
 from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
+from .worktree import checkout, dvc, worktree
 
 # What each stage reads, checked out at the versions the run recorded.
 STAGE_INPUTS = {"train": ["data/processed"], "evaluate": ["data/processed", "models", "metrics/train.json"]}
@@ -37,55 +35,83 @@ MLFLOW_PREFIX = {"train": "", "evaluate": "test_"}
 COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
-    """Re-run ``run_id``'s stage from its recorded inputs; print a table; True if they agree."""
+    """Re-run ``run_id``'s stage from its recorded inputs; print a table; True if they agree.
+
+    An ensemble's run is reproduced through its members: each member's training, in turn.
+    """
     run = get_run(run_id)
     tags = run.data.tags
     stage = tags.get("stage")
+    if stage == "ensemble":
+        return _reproduce_members(run_id, tags, root, tolerance)
     if stage not in STAGE_INPUTS:
-        raise UserError(f"Run {run_id} has stage {stage!r}; only train and evaluate runs can be reproduced.")
-    _check_record(run_id, tags)
+        raise UserError(
+            f"Run {run_id} has stage {stage!r}; only train, evaluate and ensemble runs can be reproduced."
+        )
+    check_record(run_id, tags)
     if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
         tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
     commit = _source_commit(root, tags)
-    with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
-        checkout = Path(scratch) / "worktree"
-        provenance.git(root, "worktree", "add", "--detach", str(checkout), commit)
-        # In a monorepo the project is a folder of the repository: the same folder there.
-        worktree = checkout / provenance.git(root, "rev-parse", "--show-prefix")
-        try:
-            _restore_params(worktree, run_id, tags["params.sha256"], Path(scratch))
-            _check_code(worktree, stage, tags, run_id)
-            _share_dvc_setup(root, worktree)
-            _pin_md5s(worktree, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
-            _checkout(worktree, STAGE_INPUTS[stage])
-            print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {worktree}")
-            # --no-commit keeps the re-run out of DVC's run-cache, where it would stand in for
-            # the original run when a later experiment restores these outputs.
-            _dvc(
-                worktree,
-                "repro",
-                "--force",
-                "--single-item",
-                "--no-commit",
-                stage,
-                extra_env={
-                    "MLFLOW_TRACKING_URI": tracking_uri(root),
-                    REPRODUCES_VARIABLE: run_id,
-                },
-                echo=True,
-            )
-            reproduced = json.loads((worktree / METRICS_FILES[stage]).read_text())
-        finally:
-            provenance.git(root, "worktree", "remove", "--force", str(checkout))
+    with worktree(root, commit) as project, tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
+        _restore_params(project, run_id, tags["params.sha256"], Path(scratch))
+        _check_code(project, stage, tags, run_id)
+        _pin_md5s(project, {path: md5 for _, path, md5 in provenance.recorded_inputs(tags)})
+        checkout(project, STAGE_INPUTS[stage])
+        print(f"Re-running stage {stage} of run {run_id} at commit {commit[:12]} in {project}")
+        # --no-commit keeps the re-run out of DVC's run-cache, where it would stand in for
+        # the original run when a later experiment restores these outputs.
+        dvc(
+            project,
+            "repro",
+            "--force",
+            "--single-item",
+            "--no-commit",
+            stage,
+            extra_env={
+                "MLFLOW_TRACKING_URI": tracking_uri(root),
+                REPRODUCES_VARIABLE: run_id,
+            },
+            echo=True,
+        )
+        reproduced = json.loads((project / METRICS_FILES[stage]).read_text())
     recorded = {
         key.removeprefix(MLFLOW_PREFIX[stage]): value
         for key, value in run.data.metrics.items()
         if key.startswith(MLFLOW_PREFIX[stage]) and key.removeprefix(MLFLOW_PREFIX[stage]) in reproduced
     }
     return _print_table(recorded, reproduced, tolerance, reproduced.get("mlflow_run_id"))
+
+
+def _reproduce_members(run_id: str, tags: dict[str, str], root: Path, tolerance: float | None) -> bool:
+    """Each member's train run re-run from its own record; the ensemble agrees when all of them do.
+
+    The ensemble adds no training of its own: its models are its members', so members that
+    reproduce give back the models it combined.
+    """
+    members = ensemble_members(run_id, tags)
+    print(f"Ensemble run {run_id}: reproducing the training of its {len(members)} members")
+    agreed = []
+    for number, member in enumerate(members, 1):
+        print(f"\n[member {number}/{len(members)}] train run {member}")
+        if get_run(member).data.tags.get("stage") != "train":
+            raise UserError(f"Ensemble run {run_id}: its member {member} is no train run; refused.")
+        agreed.append(reproduce(member, root, tolerance))
+    verdict = "metrics agree." if all(agreed) else "metrics DIFFER."
+    print(f"\n{sum(agreed)} of {len(members)} members reproduce: {verdict}")
+    return all(agreed)
+
+
+def ensemble_members(run_id: str, tags: dict[str, str]) -> list[str]:
+    """The train runs an ensemble's run combines, refused unless each is an MLflow run id."""
+    members = tags.get(ENSEMBLE_MEMBERS, "").split(",")
+    if not all(RUN_ID.fullmatch(member) for member in members):
+        listed = tags.get(ENSEMBLE_MEMBERS)
+        raise UserError(f"Run {run_id}: tag {ENSEMBLE_MEMBERS}={listed!r} is not a list of run ids; refused.")
+    return members
 
 
 def _source_commit(root: Path, tags: dict[str, str]) -> str:
@@ -105,7 +131,7 @@ def _source_commit(root: Path, tags: dict[str, str]) -> str:
     return recorded
 
 
-def _check_record(run_id: str, tags: dict[str, str]) -> None:
+def check_record(run_id: str, tags: dict[str, str]) -> None:
     """The tags that reach git commands and DVC files have the shapes DVC and git give them.
 
     The record on the tracking server is data: anyone who can log a run can write it.
@@ -154,18 +180,6 @@ def _check_code(worktree: Path, stage: str, tags: dict[str, str], run_id: str) -
         )
 
 
-def _share_dvc_setup(root: Path, worktree: Path) -> None:
-    """Give the worktree the workspace's DVC cache and its local config (remotes, credentials)."""
-    from dvc.repo import Repo
-
-    local_config = root / ".dvc" / "config.local"
-    if local_config.is_file():
-        shutil.copy2(local_config, worktree / ".dvc" / "config.local")
-    with Repo(str(root)) as repo:
-        cache_dir = repo.cache.local_cache_dir
-    _dvc(worktree, "cache", "dir", "--local", cache_dir)
-
-
 def _pin_md5s(worktree: Path, md5s: dict[str, str]) -> None:
     """Point the worktree's dvc.lock and .dvc files at the md5s the run recorded."""
     lock_path = worktree / "dvc.lock"
@@ -183,21 +197,6 @@ def _pin_md5s(worktree: Path, md5s: dict[str, str]) -> None:
             dvc_file.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def _checkout(worktree: Path, paths: list[str]) -> None:
-    """`dvc checkout` from the shared cache, else `dvc pull` from the remote, else explain."""
-    for path in paths:
-        if (worktree / path).exists() and not (worktree / path).is_dir():
-            continue  # a git-tracked file such as metrics/train.json
-        if _dvc(worktree, "checkout", path, check=False).returncode == 0:
-            continue
-        if _dvc(worktree, "pull", path, check=False).returncode != 0:
-            raise UserError(
-                f"Input {path} of this run is in neither the DVC cache nor the remote. "
-                f"Fetch it where it was produced (`dvc push` there, then `dvc pull {path}` here), "
-                "or re-run the experiment to rebuild it."
-            )
-
-
 def _print_table(recorded: dict, reproduced: dict, tolerance: float, new_run_id: str | None) -> bool:
     rule = "bitwise" if tolerance == 0 else f"|difference| <= {tolerance}"
     print(f"\n{'metric':<28}{'recorded':>22}{'reproduced':>22}  agree ({rule})")
@@ -211,16 +210,3 @@ def _print_table(recorded: dict, reproduced: dict, tolerance: float, new_run_id:
         raise UserError("The run recorded none of the metrics its stage writes; nothing to compare.")
     print(f"\nReproduced as MLflow run {new_run_id}: " + ("metrics agree." if agree else "metrics DIFFER."))
     return agree
-
-
-def _dvc(
-    cwd: Path, *args: str, check: bool = True, extra_env: dict | None = None, echo: bool = False
-) -> subprocess.CompletedProcess:
-    # The worktree's own code must run, not the workspace's installed package.
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), **(extra_env or {})}
-    env.pop("DVC_ROOT", None)
-    command = [sys.executable, "-m", "dvc", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=not echo)
-    if check and result.returncode != 0:
-        raise UserError(f"`dvc {' '.join(args)}` failed in {cwd}:\n{result.stderr or ''}")
-    return result
