@@ -1,5 +1,5 @@
 """`search`: every Optuna trial is a DVC experiment and an MLflow run; parallel trials share a new
-tracking store safely; a stopped study resumes."""
+tracking store safely; a stopped study resumes; it optimises a validation score, never a test one."""
 
 from __future__ import annotations
 
@@ -13,20 +13,35 @@ import pytest
 import yaml
 from conftest import TINY
 
-pytestmark = pytest.mark.slow
 
-
-def experiments(workspace: Path, run) -> dict[str, dict]:
-    """`dvc exp show --json` metrics of metrics/evaluate.json, by experiment name."""
+def experiments(workspace: Path, run, file: str) -> dict[str, dict]:
+    """`dvc exp show --json` metrics of ``file``, by experiment name."""
     shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
     found = {}
     for entry in shown:
         for experiment in entry.get("experiments") or []:
             for rev in experiment["revs"]:
-                found[rev["name"]] = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+                found[rev["name"]] = rev["data"]["metrics"][file]["data"]
     return found
 
 
+def test_a_search_that_optimises_a_test_metric_is_refused_before_any_trial(
+    tmp_path: Path, copy_project, run
+) -> None:
+    workspace = copy_project(tmp_path)
+    package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
+    space = workspace / "conf" / "search.yaml"
+    spec = yaml.safe_load(space.read_text())
+    assert spec["metric"] == "best_val_dice"  # as baked: the validation Dice at the best epoch
+    space.write_text(yaml.safe_dump({**spec, "metric": "dice_mean"}))
+    refused = run([sys.executable, "-m", package, "search", "--trials", "1"], workspace, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "`metric: dice_mean` is not a validation score" in refused.stderr, refused.stderr
+    assert "metrics/evaluate.json are the test set's" in refused.stderr, refused.stderr
+    assert not (workspace / "optuna.db").exists()  # no study, no trial
+
+
+@pytest.mark.slow
 def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Path, copy_project, run) -> None:
     workspace = copy_project(tmp_path)
     package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
@@ -44,16 +59,17 @@ def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Pat
 
     # Stopped after 2; asked for 3, it adds 1.
     resumed = run([*search, "--trials", "3"], workspace)
-    assert "Best of 3 trials" in resumed.stderr, resumed.stderr[-2000:]
+    assert "Best of 3 trials: best_val_dice = " in resumed.stderr, resumed.stderr[-2000:]
+    assert "(validation)" in resumed.stderr and "its test dice_mean = " in resumed.stderr
 
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}")
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
-    shown = experiments(workspace, run)
+    shown = experiments(workspace, run, "metrics/train.json")
     names = {trial.user_attrs["dvc_exp_name"] for trial in complete}
     assert names <= set(shown), (sorted(names), sorted(shown))
-    for trial in complete:
-        assert shown[trial.user_attrs["dvc_exp_name"]]["dice_mean"] == pytest.approx(trial.value)
+    for trial in complete:  # each trial's value is its validation score
+        assert shown[trial.user_attrs["dvc_exp_name"]]["best_val_dice"] == pytest.approx(trial.value)
     assert study.best_value == max(trial.value for trial in complete)
 
     experiment_id = client.get_experiment_by_name(name).experiment_id

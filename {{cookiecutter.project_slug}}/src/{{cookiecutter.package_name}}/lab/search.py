@@ -5,6 +5,10 @@ Each trial's params, proposed from the space in conf/search.yaml, are run with
 and its score is read back from the experiment's DVC metric. So every trial is an ordinary
 row of `dvc exp show` and an ordinary MLflow run with the whole provenance contract. The study
 lives in ``optuna.db`` beside ``mlflow.db``: a search that stops resumes where it was.
+
+The score is a validation one, from metrics/train.json: a search tuned on the test cases would
+report a score it was chosen by. Each trial's test score is still written by its evaluate stage,
+and the best trial's is reported beside its validation score, once, at the end.
 """
 
 from __future__ import annotations
@@ -17,13 +21,18 @@ import optuna
 import yaml
 
 from ..errors import UserError
+from ..paths import EVALUATE_METRICS, TRAIN_METRICS
 from . import queue
 
 log = logging.getLogger(__name__)
 
 SPACE_FILE = Path("conf/search.yaml")
 STUDY_DB = "optuna.db"
-METRICS_FILE = "metrics/evaluate.json"
+# The trial's validation scores (what the search may optimise) and its test scores (reported).
+VALIDATION_METRICS = str(TRAIN_METRICS)
+TEST_METRICS = str(EVALUATE_METRICS)
+VALIDATION_PREFIX = "best_val_"
+REPORTED_TEST_METRIC = "dice_mean"
 
 
 def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]) -> None:
@@ -67,14 +76,19 @@ def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]
             study.tell(trial, score if score is not None else None, state=state)
             log.info("Trial %d (%s): %s = %s", trial.number, names[trial.number], spec["metric"], score)
     best = study.best_trial
+    name = best.user_attrs.get("dvc_exp_name")
+    test_score = _experiment_scores(root, REPORTED_TEST_METRIC, TEST_METRICS).get(name)
     log.info(
-        "Best of %d trials: %s = %.4f with %s (DVC experiment %s; `dvc exp apply %s` takes it)",
+        "Best of %d trials: %s = %.4f (validation) with %s; its test %s = %s, reported, not "
+        "optimised (DVC experiment %s; `dvc exp apply %s` takes it)",
         _finished(study),
         spec["metric"],
         best.value,
         best.params,
-        best.user_attrs.get("dvc_exp_name"),
-        best.user_attrs.get("dvc_exp_name"),
+        REPORTED_TEST_METRIC,
+        "n/a" if test_score is None else f"{test_score:.4f}",
+        name,
+        name,
     )
 
 
@@ -100,10 +114,23 @@ def _read_space(path: Path) -> dict:
     if not distributions or spec.get("direction") not in ("maximize", "minimize"):
         raise UserError(f"{path} needs a non-empty `space` and `direction: maximize` or `minimize`.")
     return {
-        "metric": spec.get("metric", "dice_mean"),
+        "metric": _validation_metric(path, spec.get("metric", f"{VALIDATION_PREFIX}dice")),
         "direction": spec["direction"],
         "distributions": distributions,
     }
+
+
+def _validation_metric(path: Path, metric: str) -> str:
+    """The metric to optimise, refused unless it is a validation score of metrics/train.json."""
+    if isinstance(metric, str) and metric.startswith(VALIDATION_PREFIX):
+        return metric
+    raise UserError(
+        f"{path}: `metric: {metric}` is not a validation score; a search optimises one of "
+        f"{VALIDATION_METRICS}, e.g. `metric: {VALIDATION_PREFIX}dice`. The scores of "
+        f"{TEST_METRICS} are the test set's: hyperparameters chosen on them make the test score "
+        "that is reported the score they were tuned on. Each trial's test score is still written, "
+        "and the best trial's is reported beside its validation score."
+    )
 
 
 def _finished(study: optuna.Study) -> int:
@@ -122,14 +149,14 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str) -> None:
         study.tell(trial.number, score, state=state)
 
 
-def _experiment_scores(root: Path, metric: str) -> dict[str, float]:
-    """``metric`` of every DVC experiment, by name, from `dvc exp show --json`."""
+def _experiment_scores(root: Path, metric: str, file: str = VALIDATION_METRICS) -> dict[str, float]:
+    """``metric`` of ``file`` for every DVC experiment, by name, from `dvc exp show --json`."""
     shown = json.loads(queue.dvc(root, "exp", "show", "--json").stdout)
     scores = {}
     for entry in shown:
         for experiment in entry.get("experiments") or []:
             for rev in experiment["revs"]:
-                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(METRICS_FILE, {})
+                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(file, {})
                 value = (metrics.get("data") or {}).get(metric)
                 if rev.get("name") and isinstance(value, int | float):
                     scores[rev["name"]] = float(value)
