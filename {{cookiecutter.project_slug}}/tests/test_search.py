@@ -59,7 +59,7 @@ def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Pat
 
     # Stopped after 2; asked for 3, it adds 1.
     resumed = run([*search, "--trials", "3"], workspace)
-    assert "Best of 3 trials: best_val_dice = " in resumed.stderr, resumed.stderr[-2000:]
+    assert "Best of 3 trials (0 more pruned): best_val_dice = " in resumed.stderr, resumed.stderr[-2000:]
     assert "(validation)" in resumed.stderr and "its test dice_mean = " in resumed.stderr
 
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}")
@@ -78,3 +78,53 @@ def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Pat
     for found in runs:
         trial = next(t for t in complete if t.user_attrs["dvc_exp_name"] == found.data.tags["dvc.exp_name"])
         assert float(found.data.params["lr"]) == pytest.approx(trial.params["lr"])
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_learn_is_pruned_before_its_last_epoch_and_the_others_finish(
+    tmp_path: Path, copy_experiment, run
+) -> None:
+    workspace = copy_experiment(tmp_path)  # its data stages come from DVC's cache
+    package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
+    epochs = 6
+    space = workspace / "conf" / "search.yaml"
+    spec = yaml.safe_load(space.read_text())
+    spec["space"] = {"lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-7]}}
+    spec["pruner"] = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 4}
+    space.write_text(yaml.safe_dump(spec))
+    run(["git", "commit", "--quiet", "-am", "A space with a rate that cannot learn"], workspace)
+    # The two rates that learn first, then the one that cannot: the pruner has a median to use.
+    storage = f"sqlite:///{workspace / 'optuna.db'}"
+    study = optuna.create_study(study_name="prune", storage=storage, direction="maximize")
+    for lr in (3e-3, 2e-3, 1e-7):
+        study.enqueue_trial({"lr": lr})
+    fixed = [arg for o in (*TINY[1:], f"epochs={epochs}") for arg in ("-S", o)]
+    search = [sys.executable, "-m", package, "search", "--study", "prune", "--trials", "3", *fixed]
+    result = run(search, workspace)
+
+    study = optuna.load_study(study_name="prune", storage=storage)
+    states = {trial.params["lr"]: trial.state for trial in study.trials}
+    assert states == {
+        3e-3: optuna.trial.TrialState.COMPLETE,
+        2e-3: optuna.trial.TrialState.COMPLETE,
+        1e-7: optuna.trial.TrialState.PRUNED,
+    }, result.stderr[-3000:]
+    (pruned,) = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED]
+    name = pruned.user_attrs["dvc_exp_name"]
+    shown = experiments(workspace, run, "metrics/train.json")
+    stopped = shown[name]["pruned_at_epoch"]
+    assert stopped < epochs and stopped == max(pruned.intermediate_values), shown[name]
+    finished = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert all("pruned_at_epoch" not in shown[trial.user_attrs["dvc_exp_name"]] for trial in finished)
+    print(f"\n  pruning saved {epochs - stopped} of {3 * epochs} epochs (trial {pruned.number}, lr 1e-7)")
+    assert f"pruned at epoch {stopped}" in result.stderr and "(1 more pruned)" in result.stderr
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    (train,) = client.search_runs(experiment_ids, f"tags.`dvc.exp_name` = '{name}' and tags.stage = 'train'")
+    assert train.info.status == "KILLED" and train.data.tags["search.pruned"] == "true"
+    assert train.data.tags["search.pruned_at_epoch"] == str(stopped)
+    registered = {version.tags.get("train_run_id") for version in client.search_model_versions()}
+    assert train.info.run_id not in registered and len(registered) >= 1  # champion never moved on it
+    refused = run([sys.executable, "-m", package, "reproduce", train.info.run_id], workspace, check=False)
+    assert refused.returncode == 2 and "was pruned by search study prune" in refused.stderr, refused.stderr

@@ -4,8 +4,10 @@ compare, cv, ensemble, sync, search, doctor, server, offline plots).
 Stages reach it only through the names below: the seam. Each records what a stage did (a run,
 its metrics, its model, a registered version) and hands nothing back that the stage computes
 with; ``inputs_sha256`` only decides whether a stopped run is resumed, and a resumed run equals
-an uninterrupted one bit for bit. So no edit in here can change a result, and lab/ is neither a
-dependency of a stage in dvc.yaml nor part of a run's code identity (README, Layout).
+an uninterrupted one bit for bit. ``search_trial`` can only end training early, inside a
+search, and a run so ended is marked pruned: never registered, refused by `reproduce`. So no
+edit in here can change a result that is kept, and lab/ is neither a dependency of a stage in
+dvc.yaml nor part of a run's code identity (README, Layout).
 """
 
 import importlib
@@ -18,6 +20,7 @@ _SEAM = {
     "log_metrics": "tracking",
     "log_model": "tracking",
     "register": "registry",
+    "search_trial": "trial",
     "start_run": "tracking",
     "write_run_metrics": "tracking",
 }

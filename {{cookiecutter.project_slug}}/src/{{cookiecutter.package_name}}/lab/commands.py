@@ -28,6 +28,22 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
             (("--trials",), {"type": int, "required": True, "help": "finished trials the study should hold"}),
             (("--jobs",), {"type": int, "default": 1, "help": "trials run at once, through DVC's queue"}),
             (("--study",), {"default": "search", "help": "study name; also prefixes the experiments' names"}),
+            (
+                ("--storage",),
+                {
+                    "help": "the study's storage: sqlite:///<file> or postgresql://<user>@<host>/<db> "
+                    "(default: `storage` in conf/search.yaml, sqlite:///optuna.db)"
+                },
+            ),
+            (
+                ("--push",),
+                {
+                    "nargs": "?",
+                    "const": "origin",
+                    "metavar": "GIT_REMOTE",
+                    "help": "`dvc exp push` each trial to this git remote (default: origin)",
+                },
+            ),
             FIXED,
         ],
     ),
@@ -145,7 +161,9 @@ def _sync(_args: argparse.Namespace, _workdir: Path) -> bool:
 
 
 def _search(args: argparse.Namespace, _workdir: Path) -> bool:
-    package_module(".lab.search").search(repo_root(), args.trials, args.jobs, args.study, args.fixed)
+    package_module(".lab.search").search(
+        repo_root(), args.trials, args.jobs, args.study, args.fixed, args.storage, args.push
+    )
     return True
 
 

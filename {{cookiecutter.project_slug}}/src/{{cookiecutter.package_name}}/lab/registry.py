@@ -50,6 +50,11 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
         # A reproduction checks an old result; it is not a new candidate for the registry.
         log.info("Not registering: this run reproduces %s", os.environ[tracking.REPRODUCES_VARIABLE])
         return
+    client = mlflow.MlflowClient()
+    if client.get_run(train_run_id).data.tags.get(tracking.PRUNED_TAG) == "true":
+        # Stopped early by a search: its score says how far it got, not what it can do.
+        log.info("Not registering: train run %s was pruned by a search", train_run_id)
+        return
     metric, mode = settings.champion_metric, settings.champion_mode
     rule = Rule(metric, mode, settings.champion_policy)
     if metric not in metrics:
@@ -57,7 +62,6 @@ def register(params: DictConfig, train_run_id: str, evaluate_run_id: str, metric
             f"tracking.champion_metric={metric!r} is not a test metric; use one of "
             f"{', '.join(sorted(metrics))} (the keys of metrics/evaluate.json)."
         )
-    client = mlflow.MlflowClient()
     evaluate_run = client.get_run(evaluate_run_id)
     model = logged_model(evaluate_run.info.experiment_id, train_run_id)
     tags = {

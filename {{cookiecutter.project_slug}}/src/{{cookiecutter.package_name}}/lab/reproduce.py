@@ -23,7 +23,7 @@ from ..config.params import CONF_HASH_KEY, PARAMS_FILE, check_buildable, check_c
 from ..errors import UserError
 from . import provenance
 from .registry import ENSEMBLE_MEMBERS
-from .tracking import REPRODUCES_VARIABLE, get_run, tracking_uri
+from .tracking import PRUNED_TAG, REPRODUCES_VARIABLE, get_run, tracking_uri
 from .worktree import checkout, dvc, worktree
 
 # What each stage reads, checked out at the versions the run recorded.
@@ -53,6 +53,12 @@ def reproduce(run_id: str, root: Path, tolerance: float | None) -> bool:
             f"Run {run_id} has stage {stage!r}; only train, evaluate and ensemble runs can be reproduced."
         )
     check_record(run_id, tags)
+    if tags.get(PRUNED_TAG) == "true":
+        raise UserError(
+            f"Run {run_id} was pruned by search study {tags.get('search.study', '?')} at epoch "
+            f"{tags.get('search.pruned_at_epoch', '?')}: when it stopped depended on the study's other "
+            "trials, so a re-run alone cannot give it back. Reproduce a trial that finished."
+        )
     if tolerance is None:  # bitwise on CPU; GPU kernels are not bitwise repeatable across runs
         tolerance = 0.0 if tags.get("env.gpu", "none") == "none" else 1e-2
     commit = _source_commit(root, tags)

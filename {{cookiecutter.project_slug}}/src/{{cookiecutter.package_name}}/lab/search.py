@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -23,11 +26,14 @@ import yaml
 from ..errors import UserError
 from ..paths import EVALUATE_METRICS, TRAIN_METRICS
 from . import queue
+from . import trial as trial_seam
 
 log = logging.getLogger(__name__)
 
 SPACE_FILE = Path("conf/search.yaml")
-STUDY_DB = "optuna.db"
+DEFAULT_STORAGE = "sqlite:///optuna.db"  # beside mlflow.db; `storage` or --storage for a team's
+WORKER_ATTR = "worker"  # each trial's user attribute: host and clone of the worker running it
+TEST_ATTR = "test_dice_mean"  # each trial's user attribute: its test score, reported only
 # The trial's validation scores (what the search may optimise) and its test scores (reported).
 VALIDATION_METRICS = str(TRAIN_METRICS)
 TEST_METRICS = str(EVALUATE_METRICS)
@@ -35,25 +41,44 @@ VALIDATION_PREFIX = "best_val_"
 REPORTED_TEST_METRIC = "dice_mean"
 
 
-def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]) -> None:
-    """Run trials until the study holds ``trials`` finished ones; log the best."""
+def search(
+    root: Path,
+    trials: int,
+    jobs: int,
+    study_name: str,
+    fixed: list[str],
+    storage: str | None = None,
+    push: str | None = None,
+) -> None:
+    """Run trials until the study holds ``trials`` finished or pruned ones; log the best.
+
+    Any number of workers, in clones of the repository on any machines, may run this against
+    one study in a shared ``storage`` (PostgreSQL): each takes new trials until the study holds
+    ``trials``, and trial numbers come from the storage, so none runs twice. With ``push`` (a
+    git remote), each worker's trials go there as they finish (`dvc exp push`), for everyone
+    to `dvc exp pull`.
+    """
     spec = _read_space(root / SPACE_FILE)
+    url = study_storage(root, storage or spec["storage"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=study_name,
-        storage=f"sqlite:///{root / STUDY_DB}",
-        direction=spec["direction"],
-        load_if_exists=True,
+        study_name=study_name, storage=url, direction=spec["direction"], load_if_exists=True
     )
+    study.set_user_attr(trial_seam.PRUNER_ATTR, spec["pruner"])  # read by the trials' train stages
     # Seeded by the trials so far: a resumed search goes on where it was, instead of repeating
     # the proposals that a sampler with a fixed seed starts with.
     study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
-    _settle_interrupted(study, root, spec["metric"])
-    while (done := _finished(study)) < trials:
-        batch = [study.ask(spec["distributions"]) for _ in range(min(jobs, trials - done))]
+    worker = f"{socket.gethostname()}:{root}"
+    log.info("Study %s in %s; this worker: %s", study_name, hidden_password(url), worker)
+    _settle_interrupted(study, root, spec["metric"], worker)
+    # The trials' train stages report to the study through these (lab/trial.py).
+    os.environ[trial_seam.STORAGE_VARIABLE], os.environ[trial_seam.STUDY_VARIABLE] = url, study_name
+    while (wanted := trials - _settled(study) - _running(study)) > 0:
+        batch = [study.ask(spec["distributions"]) for _ in range(min(jobs, wanted))]
         names = {trial.number: f"{study_name}-{trial.number}" for trial in batch}
         for trial in batch:
-            trial.set_user_attr("dvc_exp_name", names[trial.number])
+            trial.set_user_attr(trial_seam.EXPERIMENT_ATTR, names[trial.number])
+            trial.set_user_attr(WORKER_ATTR, worker)
             overrides = [*fixed, *(f"{key}={value}" for key, value in trial.params.items())]
             queued = ["--queue"] if jobs > 1 else []
             log.info("Trial %d: %s", trial.number, " ".join(overrides))
@@ -69,20 +94,99 @@ def search(root: Path, trials: int, jobs: int, study_name: str, fixed: list[str]
             )
         if jobs > 1:
             queue.dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
-        scores = _experiment_scores(root, spec["metric"])
+        outcomes = _Outcomes.read(root, spec["metric"])
         for trial in batch:
-            score = scores.get(names[trial.number])
-            state = optuna.trial.TrialState.COMPLETE if score is not None else optuna.trial.TrialState.FAIL
-            study.tell(trial, score if score is not None else None, state=state)
-            log.info("Trial %d (%s): %s = %s", trial.number, names[trial.number], spec["metric"], score)
+            outcomes.tell(study, trial, names[trial.number], spec["metric"])
+        if push:
+            _push(root, push, [name for name in names.values() if name in outcomes.scores])
+    _report_best(study, spec["metric"])
+
+
+def _push(root: Path, git_remote: str, names: list[str]) -> None:
+    """The trials' experiments to ``git_remote``, with their outputs when a DVC remote is set."""
+    if not names:
+        return
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        has_dvc_remote = bool(repo.config["core"].get("remote"))
+    cache = [] if has_dvc_remote else ["--no-cache"]  # git refs alone: outputs stay local
+    queue.dvc(root, "exp", "push", *cache, git_remote, *names)
+    log.info("Pushed %s to %s", ", ".join(names), git_remote)
+
+
+def study_storage(root: Path, url: str) -> str:
+    """The SQLAlchemy URL Optuna opens. A relative sqlite path is the project's (the queue runs
+    trials in other folders); postgresql:// gets the psycopg driver the team extra installs.
+    Keep a PostgreSQL password in PGPASSWORD rather than in the URL."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return f"sqlite:///{path if path.is_absolute() else root / path}"
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("postgresql+"):
+        return url
+    raise UserError(
+        f"Study storage {hidden_password(url)!r} (search --storage, or `storage` in {SPACE_FILE}): "
+        "use sqlite:///<file> or postgresql://<user>@<host>/<database>."
+    )
+
+
+def hidden_password(url: str) -> str:
+    """``url`` as it may be printed: any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing in it can be told apart from a password
+        return "<unreadable URL>"
+
+
+@dataclass
+class _Outcomes:
+    """What the trials' DVC experiments ended with, read once after a batch has run."""
+
+    scores: dict[str, float]
+    pruned_at: dict[str, float]
+    test_scores: dict[str, float]
+
+    @classmethod
+    def read(cls, root: Path, metric: str) -> _Outcomes:
+        return cls(
+            _experiment_scores(root, metric),
+            _experiment_scores(root, "pruned_at_epoch"),
+            _experiment_scores(root, REPORTED_TEST_METRIC, TEST_METRICS),
+        )
+
+    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, name: str, metric: str) -> None:
+        """Settle ``trial`` (experiment ``name``): pruned, complete, or failed."""
+        if name in self.test_scores:  # reported beside the validation score, never optimised
+            trial.set_user_attr(TEST_ATTR, self.test_scores[name])
+        if name in self.pruned_at:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("Trial %d (%s): pruned at epoch %d", trial.number, name, self.pruned_at[name])
+        elif name in self.scores:
+            study.tell(trial, self.scores[name])
+            log.info("Trial %d (%s): %s = %s", trial.number, name, metric, self.scores[name])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.info("Trial %d (%s): failed (see `dvc exp show`, `dvc queue logs`)", trial.number, name)
+
+
+def _report_best(study: optuna.Study, metric: str) -> None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise UserError(f"No trial of study {study.study_name} finished; see `dvc exp show`.")
     best = study.best_trial
-    name = best.user_attrs.get("dvc_exp_name")
-    test_score = _experiment_scores(root, REPORTED_TEST_METRIC, TEST_METRICS).get(name)
+    name = best.user_attrs.get(trial_seam.EXPERIMENT_ATTR)
+    test_score = best.user_attrs.get(TEST_ATTR)
+    pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     log.info(
-        "Best of %d trials: %s = %.4f (validation) with %s; its test %s = %s, reported, not "
-        "optimised (DVC experiment %s; `dvc exp apply %s` takes it)",
-        _finished(study),
-        spec["metric"],
+        "Best of %d trials (%d more pruned): %s = %.4f (validation) with %s; its test %s = %s, "
+        "reported, not optimised (DVC experiment %s; `dvc exp apply %s` takes it)",
+        len(complete),
+        pruned,
+        metric,
         best.value,
         best.params,
         REPORTED_TEST_METRIC,
@@ -113,7 +217,11 @@ def _read_space(path: Path) -> dict:
             raise UserError(f"{path}: `space.{key}.type` must be float, int or categorical, got {kind!r}.")
     if not distributions or spec.get("direction") not in ("maximize", "minimize"):
         raise UserError(f"{path} needs a non-empty `space` and `direction: maximize` or `minimize`.")
+    pruner = spec.get("pruner") or {"type": "none"}
+    trial_seam.pruner(pruner)  # refused here, before any trial, if conf/search.yaml's is wrong
     return {
+        "storage": spec.get("storage", DEFAULT_STORAGE),
+        "pruner": pruner,
         "metric": _validation_metric(path, spec.get("metric", f"{VALIDATION_PREFIX}dice")),
         "direction": spec["direction"],
         "distributions": distributions,
@@ -133,20 +241,29 @@ def _validation_metric(path: Path, metric: str) -> str:
     )
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+def _settled(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: finished or pruned (a failed one is retried)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _settle_interrupted(study: optuna.Study, root: Path, metric: str) -> None:
-    """Trials left running by a stopped search: scored if their experiment finished, else failed."""
+def _running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def _settle_interrupted(study: optuna.Study, root: Path, metric: str, worker: str) -> None:
+    """This worker's trials left running when it stopped: settled from their experiments.
+
+    Other workers' running trials are theirs: they may be running now, on another machine.
+    """
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    if not running:
+    mine = [trial for trial in running if trial.user_attrs.get(WORKER_ATTR, worker) == worker]
+    if not mine:
         return
-    scores = _experiment_scores(root, metric)
-    for trial in running:
-        score = scores.get(trial.user_attrs.get("dvc_exp_name"))
-        state = optuna.trial.TrialState.COMPLETE if score is not None else optuna.trial.TrialState.FAIL
-        study.tell(trial.number, score, state=state)
+    outcomes = _Outcomes.read(root, metric)
+    for frozen in mine:
+        name = frozen.user_attrs.get(trial_seam.EXPERIMENT_ATTR, "")
+        outcomes.tell(study, optuna.trial.Trial(study, frozen._trial_id), name, metric)
 
 
 def _experiment_scores(root: Path, metric: str, file: str = VALIDATION_METRICS) -> dict[str, float]:

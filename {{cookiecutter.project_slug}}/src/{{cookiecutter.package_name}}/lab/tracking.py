@@ -39,6 +39,9 @@ ARTIFACTS_DIR = "mlartifacts"
 _extra_sinks: Sinks | None = None
 # Set by `reproduce` for the stages it re-runs; becomes the run's `reproduces` tag.
 REPRODUCES_VARIABLE = "REPRODUCES_RUN_ID"
+# A train run that a search pruned (lab/trial.py): it ends KILLED, and is never registered.
+PRUNED_TAG = "search.pruned"
+_pruned_status: str | None = None
 
 
 def tracking_uri(root: Path) -> str:
@@ -150,7 +153,8 @@ def start_run(
     ``logs/traceback.txt``) and KILLED on SIGTERM/SIGINT; the console log is kept as
     ``logs/console.log`` in each case. Losing the server mid-run is a UserError (reachability).
     """
-    global _extra_sinks
+    global _extra_sinks, _pruned_status
+    _pruned_status = None
     root = repo_root()
     experiment_id = connect(params.tracking.experiment_name, root)
     tags = {"stage": stage, **provenance_tags(params, workdir, data_paths, stage)}
@@ -172,7 +176,7 @@ def start_run(
         mlflow.set_tag("mlflow.note.content", _description(tags, run.info.run_id))
         _extra_sinks = Sinks(list(params.tracking.sinks), run_name, run.info.run_id, logged, tags)
         yield run
-        status = "FINISHED"
+        status = _pruned_status or "FINISHED"
     except Exception as error:
         lost = reachability.server_lost(tracking_uri(root), stage, run.info.run_id, error)
         if lost is not None:
@@ -189,6 +193,17 @@ def start_run(
             _extra_sinks = None
         logging.getLogger().removeHandler(console)
         _end(run.info.run_id, status, console.stream.getvalue())
+
+
+def tag_run(tags: dict[str, str]) -> None:
+    """More tags on the active run, e.g. the search trial it is."""
+    mlflow.set_tags(tags)
+
+
+def end_killed() -> None:
+    """End the active run KILLED rather than FINISHED: a search pruned it, and it returns early."""
+    global _pruned_status
+    _pruned_status = "KILLED"
 
 
 def _end(run_id: str, status: str | None, console_log: str) -> None:

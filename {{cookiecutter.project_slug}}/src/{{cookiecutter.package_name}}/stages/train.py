@@ -59,6 +59,7 @@ class Fit:
     history: History
     resumed_from: str | None  # the stopped run this one continues
     inputs_sha256: str
+    pruned_at: int | None = None  # the epoch after which a search stopped this trial
 
 
 def run(params: DictConfig, workdir: Path) -> None:
@@ -80,7 +81,7 @@ def run(params: DictConfig, workdir: Path) -> None:
                 started = time.perf_counter()
                 # From process start to the first batch: imports, device, caches, the MLflow run.
                 startup_seconds = time.time() - psutil.Process().create_time()
-                _fit(params, workdir, fit, ranks, mlflow_run)
+                _fit(params, workdir, fit, ranks, mlflow_run, lab.search_trial() if ranks.is_main else None)
                 if ranks.is_main:
                     seconds = {
                         "train_seconds": time.perf_counter() - started,
@@ -147,8 +148,18 @@ def _setup(params: DictConfig, workdir: Path, device: torch.device, ranks: distr
     return fit
 
 
-def _fit(params: DictConfig, workdir: Path, fit: Fit, ranks: distributed.Ranks, mlflow_run: object) -> None:
-    """The epochs still to run; a stop (SIGTERM, Ctrl-C) saves where the current epoch began."""
+def _fit(
+    params: DictConfig,
+    workdir: Path,
+    fit: Fit,
+    ranks: distributed.Ranks,
+    mlflow_run: object,
+    trial: object | None,  # lab.search_trial(): the search trial this run is, None outside one
+) -> None:
+    """The epochs still to run; a stop (SIGTERM, Ctrl-C) saves where the current epoch began.
+
+    In a search (``trial``, rank 0's), each validation is reported, and the study may stop it.
+    """
     if fit.resumed_from and ranks.is_main:
         mlflow.set_tag("resumed_from", fit.resumed_from)
         for epoch, metrics in fit.history.epoch_metrics().items():  # this run holds whole curves
@@ -183,6 +194,9 @@ def _fit(params: DictConfig, workdir: Path, fit: Fit, ranks: distributed.Ranks, 
                 }
             if ranks.is_main:
                 _record(fit, epoch, loss, dice, params.epochs, workdir)
+            if dice is not None and _pruned(trial, epoch, dice["val_dice"], ranks, fit.acceleration.device):
+                fit.pruned_at = epoch
+                break
     except Interrupted:
         if ranks.is_main and mlflow_run is not None and snapshot is not None:
             best = (
@@ -196,6 +210,14 @@ def _fit(params: DictConfig, workdir: Path, fit: Fit, ranks: distributed.Ranks, 
                 | {"best": best, "run_id": mlflow_run.info.run_id, "inputs_sha256": fit.inputs_sha256},
             )
         raise  # lab.start_run ends the run KILLED
+
+
+def _pruned(
+    trial: object | None, epoch: int, val_dice: float, ranks: distributed.Ranks, device: torch.device
+) -> bool:
+    """Whether the search stops this trial now; every process learns rank 0's answer."""
+    stop = trial is not None and trial.prunes(epoch, val_dice)
+    return distributed.mean(float(stop), ranks, device) > 0
 
 
 def _finish(
@@ -212,7 +234,7 @@ def _finish(
         model=fit.net.state_dict(),
         optimizer=fit.optimizer.state_dict(),
         scaler=fit.scaler.state_dict(),
-        epoch=params.epochs,
+        epoch=fit.history.epoch,
         card=fit.card,
     )
     history = fit.history
@@ -221,6 +243,8 @@ def _finish(
         "best_epoch": history.best_epoch,
         "final_train_loss": history.losses[-1]["train_loss"],
     }
+    if fit.pruned_at is not None:  # a column of `dvc exp show` that says the trial stopped early
+        summary["pruned_at_epoch"] = fit.pruned_at
     # Wall time and memory go to MLflow only: the DVC metrics file holds what reproduces exactly.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     timing = {name: round(value, 2) for name, value in seconds.items()}
