@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def search(
     url = study_storage(root, storage or spec["storage"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=study_name, storage=url, direction=spec["direction"], load_if_exists=True
+        study_name=study_name, storage=_open_storage(url), direction=spec["direction"], load_if_exists=True
     )
     study.set_user_attr(trial_seam.PRUNER_ATTR, spec["pruner"])  # read by the trials' train stages
     # Seeded by the trials so far: a resumed search goes on where it was, instead of repeating
@@ -132,6 +133,29 @@ def study_storage(root: Path, url: str) -> str:
     )
 
 
+def _open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's database, its tables made on first use.
+
+    Workers started together on a new database race to make them, and the loser's CREATE fails
+    (PostgreSQL: duplicate key in pg_type); its next try finds them made.
+    """
+    from sqlalchemy import exc
+
+    attempts = 5
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (exc.IntegrityError, exc.ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+        except exc.OperationalError as error:
+            raise UserError(
+                f"The study's storage {hidden_password(url)} does not answer ({error.orig}). Start it, "
+                "or fix search --storage / `storage` in conf/search.yaml (the password goes in PGPASSWORD)."
+            ) from error
+
+
 def hidden_password(url: str) -> str:
     """``url`` as it may be printed: any password replaced by ***."""
     from sqlalchemy.engine import make_url
@@ -158,8 +182,8 @@ class _Outcomes:
             _experiment_scores(root, REPORTED_TEST_METRIC, TEST_METRICS),
         )
 
-    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, name: str, metric: str) -> None:
-        """Settle ``trial`` (experiment ``name``): pruned, complete, or failed."""
+    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, name: str, metric: str) -> bool:
+        """Settle ``trial`` (experiment ``name``): pruned, complete, or failed (False)."""
         if name in self.test_scores:  # reported beside the validation score, never optimised
             trial.set_user_attr(TEST_ATTR, self.test_scores[name])
         if name in self.pruned_at:
@@ -171,6 +195,8 @@ class _Outcomes:
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             log.info("Trial %d (%s): failed (see `dvc exp show`, `dvc queue logs`)", trial.number, name)
+            return False
+        return True
 
 
 def _report_best(study: optuna.Study, metric: str) -> None:
@@ -263,7 +289,11 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str, worker: st
     outcomes = _Outcomes.read(root, metric)
     for frozen in mine:
         name = frozen.user_attrs.get(trial_seam.EXPERIMENT_ATTR, "")
-        outcomes.tell(study, optuna.trial.Trial(study, frozen._trial_id), name, metric)
+        if not outcomes.tell(study, optuna.trial.Trial(study, frozen._trial_id), name, metric):
+            # Stopped mid-run (a pre-empted job): its params go first again, and the train
+            # stage resumes from the checkpoint it saved (training/resume.py).
+            study.enqueue_trial(frozen.params, skip_if_exists=False)
+            log.info("Trial %d (%s) stopped before it finished; its params run next", frozen.number, name)
 
 
 def _experiment_scores(root: Path, metric: str, file: str = VALIDATION_METRICS) -> dict[str, float]:
