@@ -283,7 +283,8 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str, worker: st
     Other workers' running trials are theirs: they may be running now, on another machine.
     """
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    mine = [trial for trial in running if trial.user_attrs.get(WORKER_ATTR, worker) == worker]
+    # A trial without a worker yet is another worker's, between its ask() and its first tag.
+    mine = [trial for trial in running if trial.user_attrs.get(WORKER_ATTR) == worker]
     if not mine:
         return
     outcomes = _Outcomes.read(root, metric)
