@@ -371,6 +371,119 @@ def test_a_colleague_verifies_and_reproduces_from_the_remotes(
     assert "metrics agree" in reproduced.stdout
 
 
+SEARCH_TRIALS = 4
+
+
+def clone_of(team: Team, folder: Path) -> Path:
+    """A member's clone of the team's repository, with its keys to the store and its data."""
+    clone = folder / DEFAULT_SLUG
+    run(["git", "clone", "--quiet", team.origin, clone], cwd=folder)
+    set_dvc_remote(clone, team.s3)
+    run(
+        ["git", "checkout", "--", ".dvc/config"], cwd=clone
+    )  # the endpoint is committed
+    dvc(clone, "pull", env=team.member_env(clone))
+    return clone
+
+
+@pytest.fixture(scope="module")
+def shared_search(published: Team, postgres: Postgres, tmp_path_factory) -> dict:
+    """Two workers, each in its own clone on its own "machine", run one study in PostgreSQL;
+    its URL holds the database password, which must reach no log, run or file."""
+    database = postgres.create_database("search")
+    url = database.replace(f"{postgres.user}@", f"{postgres.user}:{postgres.password}@")
+    clones = [
+        clone_of(published, tmp_path_factory.mktemp(name))
+        for name in ("worker1", "worker2")
+    ]
+    command = [
+        sys.executable, "-m", DEFAULT_PACKAGE, "search", "--study", "shared", "--trials",
+        str(SEARCH_TRIALS), "--storage", url, "--push", *TINY,
+    ]  # fmt: skip
+    started = time.monotonic()
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=clone,
+            env=published.member_env(clone),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for clone in clones
+    ]
+    outputs = [worker.communicate(timeout=1200)[0] for worker in workers]
+    print(
+        f"\n  a {SEARCH_TRIALS}-trial study with 2 workers: {time.monotonic() - started:.0f} s"
+    )
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-4000:]
+    import optuna
+
+    study = optuna.load_study(
+        study_name="shared",
+        storage=url.replace("postgresql://", "postgresql+psycopg://"),
+    )
+    return {
+        "clones": clones,
+        "outputs": outputs,
+        "study": study,
+        "password": postgres.password,
+    }
+
+
+def test_two_workers_share_one_study_and_run_each_trial_once(
+    published: Team, shared_search: dict
+) -> None:
+    import optuna
+
+    trials = shared_search["study"].trials
+    assert sorted(trial.number for trial in trials) == list(range(SEARCH_TRIALS))
+    assert {trial.state for trial in trials} == {optuna.trial.TrialState.COMPLETE}
+    names = {trial.user_attrs["dvc_exp_name"] for trial in trials}
+    assert names == {f"shared-{number}" for number in range(SEARCH_TRIALS)}
+    # Both took trials: the study spread over the two clones.
+    assert len({trial.user_attrs["worker"] for trial in trials}) == 2
+    for output in shared_search["outputs"]:
+        assert "Pushed shared-" in output and shared_search["password"] not in output, (
+            output[-3000:]
+        )
+    # Every trial is a run on the team's server, tagged with its study and number.
+    for trial in trials:
+        found = published.run_of(trial.user_attrs["dvc_exp_name"], "train")
+        tags = tags_of(found)
+        assert tags["search.study"] == "shared" and tags["search.trial"] == str(
+            trial.number
+        )
+        assert shared_search["password"] not in json.dumps(found)
+    for clone in shared_search["clones"]:
+        for name in ("params.yaml", "dvc.lock", ".dvc/config", ".dvc/config.local"):
+            assert shared_search["password"] not in (clone / name).read_text(), name
+
+
+def test_a_third_clone_pulls_every_trial_and_the_best_is_the_best_validation(
+    published: Team, shared_search: dict, tmp_path: Path
+) -> None:
+    third = clone_of(published, tmp_path)
+    names = [f"shared-{number}" for number in range(SEARCH_TRIALS)]
+    env = published.member_env(third)
+    dvc(third, "exp", "pull", "origin", *names, env=env)
+    shown = json.loads(dvc(third, "exp", "show", "--json", env=env).stdout)
+    scores = {
+        rev["name"]: rev["data"]["metrics"]["metrics/train.json"]["data"][
+            "best_val_dice"
+        ]
+        for entry in shown
+        for experiment in entry.get("experiments") or []
+        for rev in experiment["revs"]
+        if rev.get("name") in names
+    }
+    assert sorted(scores) == names, sorted(scores)
+    best = shared_search["study"].best_trial
+    assert best.user_attrs["dvc_exp_name"] == max(scores, key=scores.get)
+    assert best.value == pytest.approx(max(scores.values()))
+
+
 def test_keys_the_store_refuses_fail_dvc_with_its_reason(
     published: Team, tmp_path: Path
 ) -> None:
