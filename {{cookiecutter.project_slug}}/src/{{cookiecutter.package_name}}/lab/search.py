@@ -176,10 +176,11 @@ class _Outcomes:
 
     @classmethod
     def read(cls, root: Path, metric: str) -> _Outcomes:
+        shown = _experiment_metrics(root)  # one `dvc exp show` for all three
         return cls(
-            _experiment_scores(root, metric),
-            _experiment_scores(root, "pruned_at_epoch"),
-            _experiment_scores(root, REPORTED_TEST_METRIC, TEST_METRICS),
+            _values(shown, VALIDATION_METRICS, metric),
+            _values(shown, VALIDATION_METRICS, "pruned_at_epoch"),
+            _values(shown, TEST_METRICS, REPORTED_TEST_METRIC),
         )
 
     def tell(self, study: optuna.Study, trial: optuna.trial.Trial, name: str, metric: str) -> bool:
@@ -297,15 +298,23 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str, worker: st
             log.info("Trial %d (%s) stopped before it finished; its params run next", frozen.number, name)
 
 
-def _experiment_scores(root: Path, metric: str, file: str = VALIDATION_METRICS) -> dict[str, float]:
-    """``metric`` of ``file`` for every DVC experiment, by name, from `dvc exp show --json`."""
+def _experiment_metrics(root: Path) -> dict[str, dict[str, dict]]:
+    """Every named DVC experiment's metrics files, by name, from `dvc exp show --json`."""
     shown = json.loads(queue.dvc(root, "exp", "show", "--json").stdout)
-    scores = {}
+    found = {}
     for entry in shown:
         for experiment in entry.get("experiments") or []:
             for rev in experiment["revs"]:
-                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(file, {})
-                value = (metrics.get("data") or {}).get(metric)
-                if rev.get("name") and isinstance(value, int | float):
-                    scores[rev["name"]] = float(value)
-    return scores
+                if rev.get("name"):
+                    found[rev["name"]] = (rev.get("data") or {}).get("metrics") or {}
+    return found
+
+
+def _values(shown: dict[str, dict[str, dict]], file: str, metric: str) -> dict[str, float]:
+    """``metric`` of ``file`` for each experiment of ``shown`` that has it as a number."""
+    values = {}
+    for name, metrics in shown.items():
+        value = ((metrics.get(file) or {}).get("data") or {}).get(metric)
+        if isinstance(value, int | float):
+            values[name] = float(value)
+    return values
