@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 import torch
 from conftest import PROJECT_ROOT, TINY
@@ -20,11 +21,24 @@ pytestmark = pytest.mark.slow
 EPOCHS = 8
 
 
+def validations_reported(storage: str) -> int:
+    """How many validation scores the study's trials have reported so far (0 before it exists)."""
+    if not Path(storage.removeprefix("sqlite:///")).exists():
+        return 0
+    try:
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
+    except Exception:  # the worker may still be creating the schema
+        return 0
+    return sum(len(trial.intermediate_values) for study in studies for trial in study.trials)
+
+
 def test_a_stopped_array_task_keeps_its_checkpoint_and_the_requeued_task_resumes(
     tmp_path: Path, copy_experiment: Callable
 ) -> None:
     submit = copy_experiment(tmp_path / "submit")
     task = tmp_path / "clones" / "task-0"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
     tiny = " ".join(f"-S {o}" for o in (*TINY[1:], f"epochs={EPOCHS}"))
     env = {
         **os.environ,
@@ -32,7 +46,7 @@ def test_a_stopped_array_task_keeps_its_checkpoint_and_the_requeued_task_resumes
         "SLURM_SUBMIT_DIR": str(submit),
         "SLURM_ARRAY_TASK_ID": "0",
         "SEARCH_CLONES": str(tmp_path / "clones"),
-        "SEARCH_STORAGE_URL": f"sqlite:///{tmp_path / 'study.db'}",
+        "SEARCH_STORAGE_URL": storage,
         "SEARCH_TRIALS": "1",
         "SEARCH_ARGS": tiny,
     }
@@ -42,9 +56,11 @@ def test_a_stopped_array_task_keeps_its_checkpoint_and_the_requeued_task_resumes
         script, cwd=submit, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 300
-    while not (task / "models" / "best.pt").exists():  # the first epoch has been validated
+    # Two validations reported to the study: the snapshot a stop takes holds a finished epoch.
+    # (models/best.pt is no sign: the clone's workspace may hold the submitted experiment's.)
+    while validations_reported(storage) < 2:
         assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.5)
     job.send_signal(signal.SIGTERM)  # to the batch script alone, as SLURM's B: does
     output = job.communicate(timeout=300)[0]
     assert job.returncode == 128 + signal.SIGTERM, output[-3000:]
