@@ -93,14 +93,15 @@ def test_a_trial_that_cannot_learn_is_pruned_before_its_last_epoch_and_the_other
     spec["pruner"] = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 4}
     space.write_text(yaml.safe_dump(spec))
     run(["git", "commit", "--quiet", "-am", "A space with a rate that cannot learn"], workspace)
-    # The two rates that learn first, then the one that cannot: the pruner has a median to use.
+    # The two rates that learn first, side by side in DVC's queue, then the one that cannot: the
+    # pruner has a median to use, and a trial in a queue worker reports to the study as one run here.
     storage = f"sqlite:///{workspace / 'optuna.db'}"
     study = optuna.create_study(study_name="prune", storage=storage, direction="maximize")
     for lr in (3e-3, 2e-3, 1e-7):
         study.enqueue_trial({"lr": lr})
     fixed = [arg for o in (*TINY[1:], f"epochs={epochs}") for arg in ("-S", o)]
     search = [sys.executable, "-m", package, "search", "--study", "prune", "--trials", "3", *fixed]
-    result = run(search, workspace)
+    result = run([*search, "--jobs", "2"], workspace)
 
     study = optuna.load_study(study_name="prune", storage=storage)
     states = {trial.params["lr"]: trial.state for trial in study.trials}
