@@ -26,8 +26,8 @@ from msd_datasets import CT_SPACINGS, case_name, write_ct, write_mri
 
 pytestmark = pytest.mark.slow
 
-# The MRI-like dataset must reach this test mean Dice with only `epochs` raised (measured: 0.884
-# in 40 epochs, against 0.85; training on the CPU is deterministic).
+# The MRI-like dataset must reach this test mean Dice with only `epochs` raised. At 40 epochs it
+# scored 0.87-0.88 on most machines but 0.81 in one CI run, so the check trains 60.
 MRI_EPOCHS = 60
 MRI_PROMISED_DICE = 0.85
 
@@ -323,12 +323,13 @@ def test_a_set_larger_than_the_cache_budget_trains_from_disk_in_bounded_memory(
         "patch_size=[32,32,32]",
     ]
     sets = [arg for override in big for arg in ("-S", override)]
-    run(["dvc", "exp", "run", *sets, "-S", "data.cache=memory"], cwd=project)
+    # Up to the train stage (`dvc exp run train`): the promise is the training's memory.
+    run(["dvc", "exp", "run", "train", *sets, "-S", "data.cache=memory"], cwd=project)
     in_memory = read_json(project, "metrics/train.json")["mlflow_run_id"]
     size_mb = read_json(project, "metrics/preprocess.json")["size_mb"]
     budget = int(size_mb / 4)
     result = run(
-        ["dvc", "exp", "run", *sets, "-S", f"data.cache_budget_mb={budget}"],
+        ["dvc", "exp", "run", "train", *sets, "-S", f"data.cache_budget_mb={budget}"],
         cwd=project,
     )
     output = result.stdout + result.stderr
