@@ -371,7 +371,7 @@ def test_a_colleague_verifies_and_reproduces_from_the_remotes(
     assert "metrics agree" in reproduced.stdout
 
 
-SEARCH_TRIALS = 2  # one each: the study spreads over both workers (asserted)
+SEARCH_TRIALS = 4
 
 
 def clone_of(team: Team, folder: Path) -> Path:
