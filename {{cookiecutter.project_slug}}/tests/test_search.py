@@ -1,10 +1,16 @@
 """`search`: every Optuna trial is a DVC experiment and an MLflow run; parallel trials share a new
-tracking store safely; a stopped study resumes; it optimises a validation score, never a test one."""
+tracking store safely; a stopped study resumes, in the same clone or, when its worker died, in
+another; it optimises a validation score, never a test one, and with folds their mean."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -39,6 +45,25 @@ def test_a_search_that_optimises_a_test_metric_is_refused_before_any_trial(
     assert "`metric: dice_mean` is not a validation score" in refused.stderr, refused.stderr
     assert "metrics/evaluate.json are the test set's" in refused.stderr, refused.stderr
     assert not (workspace / "optuna.db").exists()  # no study, no trial
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"grace_period": 30, "heartbeat_interval": 60}, "`grace_period` (30 s) must be longer than"),
+        ({"folds": 0}, "`folds` must be a whole number ≥ 1, got 0"),
+        ({"heartbeat_interval": "1m"}, "`heartbeat_interval` must be a whole number ≥ 1, got '1m'"),
+    ],
+)
+def test_a_bad_search_setting_is_refused_naming_it(
+    tmp_path: Path, project_root: Path, package_module, user_error, setting: dict, message: str
+) -> None:
+    (tmp_path / "conf").mkdir()
+    spec = yaml.safe_load((project_root / "conf" / "search.yaml").read_text())
+    (tmp_path / "conf" / "search.yaml").write_text(yaml.safe_dump({**spec, **setting}))
+    with pytest.raises(user_error, match=re.escape(message)):
+        package_module("lab.search").search(tmp_path, trials=1, jobs=1, study_name="s", fixed=[])
+    assert not (tmp_path / "optuna.db").exists()
 
 
 @pytest.mark.slow
@@ -129,3 +154,118 @@ def test_a_trial_that_cannot_learn_is_pruned_before_its_last_epoch_and_the_other
     assert train.info.run_id not in registered and len(registered) >= 1  # champion never moved on it
     refused = run([sys.executable, "-m", package, "reproduce", train.info.run_id], workspace, check=False)
     assert refused.returncode == 2 and "was pruned by search study prune" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # Optuna's heartbeats
+def test_a_dead_workers_trial_is_failed_and_run_again_by_another_worker(
+    tmp_path: Path, copy_experiment, run
+) -> None:
+    first = copy_experiment(tmp_path / "first")
+    package = next(p.parent.name for p in (first / "src").glob("*/cli.py"))
+    space = first / "conf" / "search.yaml"
+    grace = 5
+    spec = yaml.safe_load(space.read_text())
+    spec |= {"heartbeat_interval": 1, "grace_period": grace, "pruner": {"type": "none"}}
+    spec["space"] = {"lr": {"type": "categorical", "choices": [3e-3, 2e-3]}}
+    space.write_text(yaml.safe_dump(spec))
+    run(["git", "commit", "--quiet", "-am", "Heartbeats every second"], first)
+    # The second worker's clone shares the first's DVC cache: its data stages are restored from it.
+    second = tmp_path / "second"
+    run(["git", "clone", "--quiet", str(first), str(second)], tmp_path)
+    run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(first / ".dvc" / "cache")], second)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="shared", storage=storage, direction="maximize").enqueue_trial(
+        {"lr": 3e-3}
+    )
+    fixed = [arg for o in (*TINY[1:], "epochs=6") for arg in ("-S", o)]
+    search = [
+        sys.executable,
+        "-m",
+        package,
+        "search",
+        "--study",
+        "shared",
+        "--trials",
+        "1",
+        "--storage",
+        storage,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(first / "src"), "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # The first worker in a session of its own, so that all of it can be killed, as a machine dies.
+    output = tmp_path / "first-worker.log"
+    with output.open("w") as log:
+        worker = subprocess.Popen(
+            [*search, *fixed], cwd=first, env=env, start_new_session=True, stdout=log, stderr=log
+        )
+    heartbeats = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=grace)
+    deadline = time.monotonic() + 300
+    while True:  # its trial is running, has reported a validation, and has run past the grace period
+        (trial,) = optuna.load_study(study_name="shared", storage=storage).trials
+        started = trial.datetime_start
+        if trial.intermediate_values and started and time.time() - started.timestamp() > grace + 2:
+            break
+        assert worker.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+        time.sleep(0.5)
+    study = optuna.load_study(study_name="shared", storage=heartbeats)
+    optuna.storages.fail_stale_trials(study)  # a live worker's trial is not stale: its heartbeat goes on
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(grace + 1)  # its last heartbeat is now older than the grace period
+
+    result = run([*search, *fixed], second)
+    assert "Trial 0 (shared-0, worker " in result.stderr, result.stderr[-3000:]
+    assert "stopped before it finished; its params run next" in result.stderr
+    study = optuna.load_study(study_name="shared", storage=storage)
+    dead, again = study.trials
+    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["worker"].endswith(str(first))
+    assert again.state == optuna.trial.TrialState.COMPLETE and again.params == dead.params == {"lr": 3e-3}
+    assert again.user_attrs["worker"].endswith(str(second))
+    shown = experiments(second, run, "metrics/train.json")
+    assert shown["shared-1"]["best_val_dice"] == pytest.approx(again.value)
+    assert "Best of 1 trials (0 more pruned)" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_with_folds_a_trial_is_one_experiment_per_fold_scored_by_their_mean(
+    tmp_path: Path, copy_experiment, run
+) -> None:
+    workspace = copy_experiment(tmp_path)
+    package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
+    space = workspace / "conf" / "search.yaml"
+    spec = yaml.safe_load(space.read_text()) | {"folds": 2}
+    space.write_text(yaml.safe_dump(spec))
+    run(["git", "commit", "--quiet", "-am", "Trials cross-validated over 2 folds"], workspace)
+    fixed = [arg for o in TINY for arg in ("-S", o)]
+    result = run([sys.executable, "-m", package, "search", "--trials", "1", "--jobs", "2", *fixed], workspace)
+
+    (trial,) = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["dvc_exp_names"] == ["search-0-fold0", "search-0-fold1"]
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
+    revs = {
+        rev["name"]: rev["data"]
+        for entry in shown
+        for e in entry.get("experiments") or []
+        for rev in e["revs"]
+    }
+    folds = [revs[name] for name in trial.user_attrs["dvc_exp_names"]]
+    # Each fold validates on its own fold of the same 2-fold split, with the trial's params.
+    assert [fold["params"]["params.yaml"]["data"]["data"]["fold"] for fold in folds] == [0, 1]
+    assert all(fold["params"]["params.yaml"]["data"]["data"]["folds"] == 2 for fold in folds)
+    assert all(fold["params"]["params.yaml"]["data"]["lr"] == trial.params["lr"] for fold in folds)
+    scores = [fold["metrics"]["metrics/train.json"]["data"]["best_val_dice"] for fold in folds]
+    assert trial.value == pytest.approx(sum(scores) / 2)
+    assert "the mean over folds of" in result.stderr, result.stderr[-2000:]
+    tests = [fold["metrics"]["metrics/evaluate.json"]["data"]["dice_mean"] for fold in folds]
+    assert trial.user_attrs["test_dice_mean"] == pytest.approx(sum(tests) / 2)  # reported, not optimised
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'train'")
+    trial_runs = [found for found in runs if found.data.tags.get("search.trial") == "0"]
+    assert sorted(found.data.tags["dvc.exp_name"] for found in trial_runs) == [
+        "search-0-fold0",
+        "search-0-fold1",
+    ]

@@ -7,8 +7,14 @@ row of `dvc exp show` and an ordinary MLflow run with the whole provenance contr
 lives in ``optuna.db`` beside ``mlflow.db``: a search that stops resumes where it was.
 
 The score is a validation one, from metrics/train.json: a search tuned on the test cases would
-report a score it was chosen by. Each trial's test score is still written by its evaluate stage,
-and the best trial's is reported beside its validation score, once, at the end.
+report a score it was chosen by. With ``folds: k`` in conf/search.yaml each trial is k
+experiments, one per fold, and its score is their mean (cross-validation). Each trial's test score
+is still written by its evaluate stages, and the best trial's is reported beside its validation
+score, once, at the end.
+
+While its experiments run, a worker records each trial's heartbeat in the study's storage. A
+worker that dies for good stops them; once they are older than ``grace_period``, the next worker
+to look fails the trial and runs its params again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +50,8 @@ VALIDATION_METRICS = str(TRAIN_METRICS)
 TEST_METRICS = str(EVALUATE_METRICS)
 VALIDATION_PREFIX = "best_val_"
 REPORTED_TEST_METRIC = "dice_mean"
+# conf/search.yaml's whole-number settings and their defaults.
+SETTINGS = {"folds": 1, "heartbeat_interval": 60, "grace_period": 600}
 
 
 def search(
@@ -62,8 +74,12 @@ def search(
     spec = _read_space(root / SPACE_FILE)
     url = study_storage(root, storage or spec["storage"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna calls its heartbeats experimental, and meant for study.optimize; this loop records its own.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    rdb = _open_storage(url, spec["heartbeat_interval"], spec["grace_period"])
     study = optuna.create_study(
-        study_name=study_name, storage=_open_storage(url), direction=spec["direction"], load_if_exists=True
+        study_name=study_name, storage=rdb, direction=spec["direction"], load_if_exists=True
     )
     study.set_user_attr(trial_seam.PRUNER_ATTR, spec["pruner"])  # read by the trials' train stages
     # Seeded by the trials so far: a resumed search goes on where it was, instead of repeating
@@ -76,31 +92,83 @@ def search(
     os.environ[trial_seam.STORAGE_VARIABLE], os.environ[trial_seam.STUDY_VARIABLE] = url, study_name
     while (wanted := trials - _settled(study) - _running(study)) > 0:
         batch = [study.ask(spec["distributions"]) for _ in range(min(jobs, wanted))]
-        names = {trial.number: f"{study_name}-{trial.number}" for trial in batch}
-        for trial in batch:
-            trial.set_user_attr(trial_seam.EXPERIMENT_ATTR, names[trial.number])
-            trial.set_user_attr(WORKER_ATTR, worker)
-            overrides = [*fixed, *(f"{key}={value}" for key, value in trial.params.items())]
-            queued = ["--queue"] if jobs > 1 else []
-            log.info("Trial %d: %s", trial.number, " ".join(overrides))
-            queue.dvc(
-                root,
-                "exp",
-                "run",
-                *queued,
-                "--name",
-                names[trial.number],
-                *queue.set_args(overrides),
-                check=jobs > 1,
-            )
-        if jobs > 1:
-            queue.dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
+        with _heartbeats(rdb, batch, spec["heartbeat_interval"]):
+            names = _run_batch(root, batch, spec["folds"], study_name, worker, fixed, jobs)
         outcomes = _Outcomes.read(root, spec["metric"])
         for trial in batch:
             outcomes.tell(study, trial, names[trial.number], spec["metric"])
         if push:
-            _push(root, push, [name for name in names.values() if name in outcomes.scores])
+            finished = [
+                name for fold_names in names.values() for name in fold_names if name in outcomes.scores
+            ]
+            _push(root, push, finished)
     _report_best(study, spec["metric"])
+
+
+def _run_batch(
+    root: Path,
+    batch: list[optuna.trial.Trial],
+    folds: int,
+    study_name: str,
+    worker: str,
+    fixed: list[str],
+    jobs: int,
+) -> dict[int, list[str]]:
+    """Run ``batch`` as DVC experiments (one per fold of each trial); their names, by trial number."""
+    # More than one experiment at once: DVC's queue runs them, ``jobs`` at a time.
+    queued = ["--queue"] if jobs > 1 or folds > 1 else []
+    names = {}
+    for trial in batch:
+        names[trial.number] = fold_names = _experiment_names(study_name, trial.number, folds)
+        trial.set_user_attr(trial_seam.EXPERIMENT_ATTR, fold_names[0])  # the one that reports to the pruner
+        trial.set_user_attr(trial_seam.EXPERIMENTS_ATTR, fold_names)
+        trial.set_user_attr(WORKER_ATTR, worker)
+        values = [f"{key}={value}" for key, value in trial.params.items()]
+        log.info("Trial %d: %s", trial.number, " ".join(values))
+        for fold, name in enumerate(fold_names):
+            split = [f"data.folds={folds}", f"data.fold={fold}"] if folds > 1 else []
+            overrides = [*fixed, *split, *values]
+            queue.dvc(
+                root, "exp", "run", *queued, "--name", name, *queue.set_args(overrides), check=bool(queued)
+            )
+    if queued:
+        queue.dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), check=False)
+    return names
+
+
+def _experiment_names(study_name: str, number: int, folds: int) -> list[str]:
+    if folds == 1:
+        return [f"{study_name}-{number}"]
+    return [f"{study_name}-{number}-fold{fold}" for fold in range(folds)]
+
+
+@contextmanager
+def _heartbeats(
+    storage: optuna.storages.RDBStorage, batch: list[optuna.trial.Trial], interval: int
+) -> Iterator[None]:
+    """Record the heartbeat of each trial of ``batch`` every ``interval`` seconds while it runs.
+
+    Optuna's own heartbeat thread runs only inside ``study.optimize``; this search asks and tells.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                for trial in batch:
+                    storage.record_heartbeat(trial._trial_id)
+            except Exception as error:  # a storage that is down for a while: the trial goes on
+                log.warning("Could not record the trials' heartbeat (%s); trying again", type(error).__name__)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="search-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _push(root: Path, git_remote: str, names: list[str]) -> None:
@@ -133,8 +201,9 @@ def study_storage(root: Path, url: str) -> str:
     )
 
 
-def _open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study's database, its tables made on first use.
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.RDBStorage:
+    """The study's database, its tables made on first use, failing (and running again) the
+    trials whose heartbeat is older than ``grace_period`` when a worker looks.
 
     Workers started together on a new database race to make them, and the loser's CREATE fails
     (PostgreSQL: duplicate key in pg_type); its next try finds them made.
@@ -144,7 +213,12 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
     attempts = 5
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=_run_again,
+            )
         except (exc.IntegrityError, exc.ProgrammingError):
             if attempt == attempts:
                 raise
@@ -183,19 +257,27 @@ class _Outcomes:
             _values(shown, TEST_METRICS, REPORTED_TEST_METRIC),
         )
 
-    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, name: str, metric: str) -> bool:
-        """Settle ``trial`` (experiment ``name``): pruned, complete, or failed (False)."""
-        if name in self.test_scores:  # reported beside the validation score, never optimised
-            trial.set_user_attr(TEST_ATTR, self.test_scores[name])
-        if name in self.pruned_at:
+    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, names: list[str], metric: str) -> bool:
+        """Settle ``trial`` (its experiments ``names``, one per fold): pruned, complete, or failed (False).
+
+        Its score is the mean over its folds; the first fold is the one the pruner watches.
+        """
+        test_scores = [self.test_scores[name] for name in names if name in self.test_scores]
+        if len(test_scores) == len(names):  # reported beside the validation score, never optimised
+            trial.set_user_attr(TEST_ATTR, sum(test_scores) / len(test_scores))
+        scores = [self.scores[name] for name in names if name in self.scores]
+        label = names[0] if len(names) == 1 else f"{names[0]}..{len(names) - 1}"
+        if names[0] in self.pruned_at:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log.info("Trial %d (%s): pruned at epoch %d", trial.number, name, self.pruned_at[name])
-        elif name in self.scores:
-            study.tell(trial, self.scores[name])
-            log.info("Trial %d (%s): %s = %s", trial.number, name, metric, self.scores[name])
+            log.info("Trial %d (%s): pruned at epoch %d", trial.number, label, self.pruned_at[names[0]])
+        elif len(scores) == len(names):
+            value = sum(scores) / len(scores)
+            study.tell(trial, value)
+            folds = "" if len(names) == 1 else f", the mean over folds of {', '.join(map(str, scores))}"
+            log.info("Trial %d (%s): %s = %s%s", trial.number, label, metric, value, folds)
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.info("Trial %d (%s): failed (see `dvc exp show`, `dvc queue logs`)", trial.number, name)
+            log.info("Trial %d (%s): failed (see `dvc exp show`, `dvc queue logs`)", trial.number, label)
             return False
         return True
 
@@ -246,7 +328,17 @@ def _read_space(path: Path) -> dict:
         raise UserError(f"{path} needs a non-empty `space` and `direction: maximize` or `minimize`.")
     pruner = spec.get("pruner") or {"type": "none"}
     trial_seam.pruner(pruner)  # refused here, before any trial, if conf/search.yaml's is wrong
-    return {
+    settings = {key: spec.get(key, default) for key, default in SETTINGS.items()}
+    for key, value in settings.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{path}: `{key}` must be a whole number ≥ 1, got {value!r}.")
+    if settings["grace_period"] <= settings["heartbeat_interval"]:
+        raise UserError(
+            f"{path}: `grace_period` ({settings['grace_period']} s) must be longer than "
+            f"`heartbeat_interval` ({settings['heartbeat_interval']} s): a trial that is running would "
+            "look like a dead worker's to the next worker."
+        )
+    return settings | {
         "storage": spec.get("storage", DEFAULT_STORAGE),
         "pruner": pruner,
         "metric": _validation_metric(path, spec.get("metric", f"{VALIDATION_PREFIX}dice")),
@@ -275,6 +367,9 @@ def _settled(study: optuna.Study) -> int:
 
 
 def _running(study: optuna.Study) -> int:
+    """Trials running now, on any worker. A dead worker's (no heartbeat for ``grace_period``)
+    are failed first, and their params run again (:func:`_run_again`)."""
+    optuna.storages.fail_stale_trials(study)
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
@@ -290,12 +385,22 @@ def _settle_interrupted(study: optuna.Study, root: Path, metric: str, worker: st
         return
     outcomes = _Outcomes.read(root, metric)
     for frozen in mine:
-        name = frozen.user_attrs.get(trial_seam.EXPERIMENT_ATTR, "")
-        if not outcomes.tell(study, optuna.trial.Trial(study, frozen._trial_id), name, metric):
+        names = trial_seam.experiments(frozen)
+        if not outcomes.tell(study, optuna.trial.Trial(study, frozen._trial_id), names, metric):
             # Stopped mid-run (a pre-empted job): its params go first again, and the train
             # stage resumes from the checkpoint it saved (training/resume.py).
-            study.enqueue_trial(frozen.params, skip_if_exists=False)
-            log.info("Trial %d (%s) stopped before it finished; its params run next", frozen.number, name)
+            _run_again(study, frozen)
+
+
+def _run_again(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    """A trial that did not finish, settled as failed: its params are the next to run."""
+    study.enqueue_trial(frozen.params, skip_if_exists=False)
+    log.info(
+        "Trial %d (%s, worker %s) stopped before it finished; its params run next",
+        frozen.number,
+        frozen.user_attrs.get(trial_seam.EXPERIMENT_ATTR),
+        frozen.user_attrs.get(WORKER_ATTR),
+    )
 
 
 def _experiment_metrics(root: Path) -> dict[str, dict[str, dict]]:

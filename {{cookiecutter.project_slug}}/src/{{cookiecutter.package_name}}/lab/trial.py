@@ -24,6 +24,7 @@ STORAGE_VARIABLE = "SEARCH_STORAGE"
 STUDY_VARIABLE = "SEARCH_STUDY"
 PRUNER_ATTR = "pruner"  # the study's user attribute holding conf/search.yaml's `pruner`
 EXPERIMENT_ATTR = "dvc_exp_name"  # each trial's user attribute: the DVC experiment it runs as
+EXPERIMENTS_ATTR = "dvc_exp_names"  # with folds, one experiment per fold; the first is EXPERIMENT_ATTR
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -62,11 +63,22 @@ def search_trial() -> SearchTrial | None:
     study = optuna.load_study(study_name=study_name, storage=storage)
     study.pruner = pruner(study.user_attrs.get(PRUNER_ATTR) or {"type": "none"})
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if frozen.user_attrs.get(EXPERIMENT_ATTR) == experiment:
+        names = experiments(frozen)
+        if experiment in names:
             # The train run says which trial of which study it is, on whichever server it is.
             tracking.tag_run({"search.study": study_name, "search.trial": str(frozen.number)})
-            return SearchTrial(optuna.trial.Trial(study, frozen._trial_id), study_name)
+            # With folds, the first fold's validations are the trial's to the pruner: the others
+            # are the same params on other data, and would report the same epochs twice.
+            if experiment == names[0]:
+                return SearchTrial(optuna.trial.Trial(study, frozen._trial_id), study_name)
+            return None
     return None
+
+
+def experiments(frozen: object) -> list[str]:
+    """The DVC experiments a trial runs as: one, or one per fold."""
+    attrs = frozen.user_attrs
+    return list(attrs.get(EXPERIMENTS_ATTR) or [attrs.get(EXPERIMENT_ATTR, "")])
 
 
 def pruner(spec: dict) -> object:
