@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,13 @@ def test_a_bad_search_setting_is_refused_naming_it(
 
 
 @pytest.mark.slow
-def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(tmp_path: Path, copy_project, run) -> None:
-    workspace = copy_project(tmp_path)
+def test_a_stopped_search_resumes_and_every_trial_is_an_experiment(
+    tmp_path: Path, copy_experiment, run
+) -> None:
+    workspace = copy_experiment(tmp_path)  # its data stages come from DVC's cache
+    shutil.rmtree(workspace / "mlartifacts")  # and no tracking store: the trials make a new one
+    for store in ("mlflow.db", "mlflow.db.lock"):
+        (workspace / store).unlink(missing_ok=True)
     package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
     search = [sys.executable, "-m", package, "search", *(arg for o in TINY for arg in ("-S", o))]
 
