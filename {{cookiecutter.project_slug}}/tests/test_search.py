@@ -21,15 +21,27 @@ import yaml
 from conftest import TINY
 
 
+def shown_experiments(workspace: Path, run) -> dict[str, dict]:
+    """`dvc exp show --json`: each experiment's data (params and metrics files), by name."""
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
+    return {
+        rev["name"]: rev["data"]
+        for entry in shown
+        for experiment in entry.get("experiments") or []
+        for rev in experiment["revs"]
+    }
+
+
 def experiments(workspace: Path, run, file: str) -> dict[str, dict]:
     """`dvc exp show --json` metrics of ``file``, by experiment name."""
-    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
-    found = {}
-    for entry in shown:
-        for experiment in entry.get("experiments") or []:
-            for rev in experiment["revs"]:
-                found[rev["name"]] = rev["data"]["metrics"][file]["data"]
-    return found
+    return {name: data["metrics"][file]["data"] for name, data in shown_experiments(workspace, run).items()}
+
+
+def commit_search_spec(workspace: Path, run, message: str, **changes: object) -> None:
+    """conf/search.yaml with ``changes`` to its top-level keys, committed with ``message``."""
+    space = workspace / "conf" / "search.yaml"
+    space.write_text(yaml.safe_dump(yaml.safe_load(space.read_text()) | changes))
+    run(["git", "commit", "--quiet", "-am", message], workspace)
 
 
 def test_a_search_that_optimises_a_test_metric_is_refused_before_any_trial(
@@ -118,12 +130,13 @@ def test_a_trial_that_cannot_learn_is_pruned_before_its_last_epoch_and_the_other
     workspace = copy_experiment(tmp_path)  # its data stages come from DVC's cache
     package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
     epochs = 6
-    space = workspace / "conf" / "search.yaml"
-    spec = yaml.safe_load(space.read_text())
-    spec["space"] = {"lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-7]}}
-    spec["pruner"] = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 4}
-    space.write_text(yaml.safe_dump(spec))
-    run(["git", "commit", "--quiet", "-am", "A space with a rate that cannot learn"], workspace)
+    commit_search_spec(
+        workspace,
+        run,
+        "A space with a rate that cannot learn",
+        space={"lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-7]}},
+        pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 4},
+    )
     # The two rates that learn first, side by side in DVC's queue, then the one that cannot: the
     # pruner has a median to use, and a trial in a queue worker reports to the study as one run here.
     storage = f"sqlite:///{workspace / 'optuna.db'}"
@@ -169,13 +182,16 @@ def test_a_dead_workers_trial_is_failed_and_run_again_by_another_worker(
 ) -> None:
     first = copy_experiment(tmp_path / "first")
     package = next(p.parent.name for p in (first / "src").glob("*/cli.py"))
-    space = first / "conf" / "search.yaml"
     grace = 5
-    spec = yaml.safe_load(space.read_text())
-    spec |= {"heartbeat_interval": 1, "grace_period": grace, "pruner": {"type": "none"}}
-    spec["space"] = {"lr": {"type": "categorical", "choices": [3e-3, 2e-3]}}
-    space.write_text(yaml.safe_dump(spec))
-    run(["git", "commit", "--quiet", "-am", "Heartbeats every second"], first)
+    commit_search_spec(
+        first,
+        run,
+        "Heartbeats every second",
+        heartbeat_interval=1,
+        grace_period=grace,
+        pruner={"type": "none"},
+        space={"lr": {"type": "categorical", "choices": [3e-3, 2e-3]}},
+    )
     # The second worker's clone shares the first's DVC cache: its data stages are restored from it.
     second = tmp_path / "second"
     run(["git", "clone", "--quiet", str(first), str(second)], tmp_path)
@@ -240,24 +256,15 @@ def test_with_folds_a_trial_is_one_experiment_per_fold_scored_by_their_mean(
 ) -> None:
     workspace = copy_experiment(tmp_path)
     package = next(p.parent.name for p in (workspace / "src").glob("*/cli.py"))
-    space = workspace / "conf" / "search.yaml"
-    spec = yaml.safe_load(space.read_text()) | {"folds": 2}
-    space.write_text(yaml.safe_dump(spec))
-    run(["git", "commit", "--quiet", "-am", "Trials cross-validated over 2 folds"], workspace)
+    commit_search_spec(workspace, run, "Trials cross-validated over 2 folds", folds=2)
     fixed = [arg for o in TINY for arg in ("-S", o)]
     result = run([sys.executable, "-m", package, "search", "--trials", "1", "--jobs", "2", *fixed], workspace)
 
     (trial,) = optuna.load_study(study_name="search", storage=f"sqlite:///{workspace / 'optuna.db'}").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["dvc_exp_names"] == ["search-0-fold0", "search-0-fold1"]
-    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], workspace).stdout)
-    revs = {
-        rev["name"]: rev["data"]
-        for entry in shown
-        for e in entry.get("experiments") or []
-        for rev in e["revs"]
-    }
-    folds = [revs[name] for name in trial.user_attrs["dvc_exp_names"]]
+    shown = shown_experiments(workspace, run)
+    folds = [shown[name] for name in trial.user_attrs["dvc_exp_names"]]
     # Each fold validates on its own fold of the same 2-fold split, with the trial's params.
     assert [fold["params"]["params.yaml"]["data"]["data"]["fold"] for fold in folds] == [0, 1]
     assert all(fold["params"]["params.yaml"]["data"]["data"]["folds"] == 2 for fold in folds)
