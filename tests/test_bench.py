@@ -1,9 +1,12 @@
 """The benchmarks run (their quick mode); their ratios are measured by hand, not asserted here.
-bench/train.py runs inside bench/gpu.py's CPU mode, and is checked there."""
+bench/train.py runs inside bench/gpu.py's CPU mode, and is checked there; bench/suite_cpu.py on
+one quick test."""
 
 from __future__ import annotations
 
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 from conftest import TEMPLATE, run
@@ -60,3 +63,29 @@ def test_the_gpu_proof_runs_every_step_in_its_cpu_mode(tmp_path) -> None:
         "stage imports",
     ):
         assert line in summary, summary
+
+
+def test_the_suite_cpu_account_names_each_process_and_its_test(tmp_path) -> None:
+    """bench/suite_cpu.py on one test that runs the cookiecutter CLI: the CLI's process is a
+    row of the report, under that test, and the venv holds no hook afterwards."""
+    selected = "test_cookiecutter_cli_reports_the_refusal"
+    result = run(
+        [
+            sys.executable,
+            TEMPLATE / "bench" / "suite_cpu.py",
+            "-n",
+            "0",
+            "-k",
+            selected,
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert "1 passed" in result.stdout, result.stdout[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert any(row.startswith("| cookiecutter | 1 |") for row in rows), rows
+    assert any(f"tests/test_bake.py::{selected} |" in row for row in rows), rows
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    assert not list(site_packages.glob("_suite_cpu_account*")), (
+        "the hook was left in the venv"
+    )
