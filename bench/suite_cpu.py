@@ -135,10 +135,14 @@ def main() -> None:
         log = Path(scratch) / "processes.jsonl"
         env = {**os.environ, "SUITE_CPU_LOG": str(log)}
         hook.write_text(HOOK)
-        # A process that starts while the run ends may read the .pth after the module is gone.
-        pth.write_text(
+        # Written aside and renamed: a process starting now reads no .pth or a whole one. One that
+        # starts as the run ends may read the .pth after the module is gone, hence the try (site.py
+        # runs only .pth lines that start with `import`, hence `import sys;`).
+        partial = pth.with_suffix(".partial")
+        partial.write_text(
             f'import sys; exec("try: import {HOOK_NAME}\\nexcept ImportError: pass")\n'
         )
+        partial.replace(pth)
         try:
             result = subprocess.run(
                 ["bash", TEMPLATE / ".ci" / "test", *sys.argv[1:]], env=env, check=False
