@@ -123,6 +123,18 @@ def report(lines: list[dict], cores: int) -> str:
     return "\n".join(out)
 
 
+def install(hook: Path, pth: Path) -> None:
+    hook.write_text(HOOK)
+    # Written aside and renamed: a process starting now reads no .pth or a whole one. One that
+    # starts as the run ends may read the .pth after the module is gone, hence the try (site.py
+    # runs only .pth lines that start with `import`, hence `import sys;`).
+    partial = pth.with_suffix(".partial")
+    partial.write_text(
+        f'import sys; exec("try: import {HOOK_NAME}\\nexcept ImportError: pass")\n'
+    )
+    partial.replace(pth)
+
+
 def main() -> None:
     venv = Path(os.environ.get("VENV", TEMPLATE / ".venv")).resolve()
     if Path(sys.prefix).resolve() != venv:
@@ -134,22 +146,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="suite-cpu-") as scratch:
         log = Path(scratch) / "processes.jsonl"
         env = {**os.environ, "SUITE_CPU_LOG": str(log)}
-        hook.write_text(HOOK)
-        # Written aside and renamed: a process starting now reads no .pth or a whole one. One that
-        # starts as the run ends may read the .pth after the module is gone, hence the try (site.py
-        # runs only .pth lines that start with `import`, hence `import sys;`).
-        partial = pth.with_suffix(".partial")
-        partial.write_text(
-            f'import sys; exec("try: import {HOOK_NAME}\\nexcept ImportError: pass")\n'
-        )
-        partial.replace(pth)
+        # A run inside a run (this script's own test, under this script) finds the hook there:
+        # it leaves it to the outer run, which is still counting.
+        installs = not pth.exists()
+        if installs:
+            install(hook, pth)
         try:
             result = subprocess.run(
                 ["bash", TEMPLATE / ".ci" / "test", *sys.argv[1:]], env=env, check=False
             )
         finally:
-            pth.unlink(missing_ok=True)
-            hook.unlink(missing_ok=True)
+            if installs:
+                pth.unlink(missing_ok=True)
+                hook.unlink(missing_ok=True)
         lines = (
             [json.loads(line) for line in log.read_text().splitlines()]
             if log.exists()
