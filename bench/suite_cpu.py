@@ -5,7 +5,7 @@ The suite is CPU-bound on a 2-core machine, so its wall time is its CPU time ove
 says which processes that CPU is spent in (each stage of each `dvc exp run`, each DVC and
 project command) and under which test. A `.pth` file in the venv's site-packages, there only
 while the suite runs, makes each of the venv's Python processes append one line at exit: its
-command, wall and CPU seconds, and the test it ran under (pytest's ``PYTEST_CURRENT_TEST``,
+command, its CPU seconds, and the test it ran under (pytest's ``PYTEST_CURRENT_TEST``,
 which subprocesses inherit; a process of the baked suite names the baked test).
 
 Not counted: processes of other interpreters (the layered venvs of the README install and the
@@ -30,9 +30,7 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 HOOK_NAME = "_suite_cpu_account"
 # Runs in every process of the venv, so it imports only the standard library and never raises.
 HOOK = """
-import atexit, json, os, resource, sys, time
-
-_started = time.time()
+import atexit, json, os, resource, sys
 
 
 def _account():
@@ -44,7 +42,6 @@ def _account():
         line = json.dumps({
             "argv": getattr(sys, "orig_argv", sys.argv)[:8],
             "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" (")[0],
-            "wall": time.time() - _started,
             "cpu": usage.ru_utime + usage.ru_stime,
         })
         # One write of one line with O_APPEND: lines of processes that exit together stay whole.
@@ -95,8 +92,9 @@ def report(lines: list[dict], cores: int) -> str:
         name = kind(line["argv"])
         by_kind[name][0] += 1
         by_kind[name][1] += line["cpu"]
-        by_test[line["test"] or "(outside any test)"][0] += line["cpu"]
-        by_test[line["test"] or "(outside any test)"][1][name] += 1
+        test = by_test[line["test"] or "(outside any test)"]
+        test[0] += line["cpu"]
+        test[1][name] += 1
     total = sum(cpu for _, cpu in by_kind.values())
     out = [
         f"{len(lines)} processes, {total:.0f} CPU s ({total / cores:.0f} s on {cores} cores)",
