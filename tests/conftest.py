@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +54,6 @@ LONGEST_FIRST = (
     "test_real_data",
     "test_bench",
     "test_baked_project_tests",
-    "test_readme",
 )
 
 
@@ -83,6 +83,33 @@ def project_env(project: Path, path_prefix: Path | None = None) -> dict[str, str
         GIT_COMMITTER_EMAIL="template-tests@example.org",
     )
     return env
+
+
+def template_readme_commands() -> list[str]:
+    """The commands of the template README's "The two commands" block, comments stripped."""
+    section = (TEMPLATE / "README.md").read_text().split("## The two commands", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "README.md has no bash block under 'The two commands'"
+    lines = (line.split("#")[0].strip() for line in block.group(1).splitlines())
+    return [line for line in lines if line]
+
+
+def fresh_clone(destination: Path) -> Path:
+    """`git clone` of this repository, plus this checkout's uncommitted edits (if any), so
+    that the tree under test is the one that runs."""
+    run(["git", "clone", "--quiet", TEMPLATE, destination], cwd=destination.parent)
+    listed = run(
+        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
+        cwd=TEMPLATE,
+    ).stdout
+    for relative in filter(None, listed.split("\0")):
+        target = destination / relative
+        if (TEMPLATE / relative).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TEMPLATE / relative, target)
+        else:
+            target.unlink(missing_ok=True)  # deleted here, not yet committed
+    return destination
 
 
 def tail(text: str | None) -> str:

@@ -1,20 +1,25 @@
-"""The baked README, every command in its order, on one default bake.
+"""The template README's demo, then the baked README, every command in its order.
 
-The defaults are first made tiny in conf/ (as the README says to change a default), because
-the demo (test_readme.py) already runs the real ones. "Start here" runs as written, and the
-tests after it check the two experiments' records. The last test then walks every other bash
-block of the README: own data, predict, sweeps and search, promote, verify and reproduce,
-team setup, hooks. It changes the project, so it stays last.
+The demo runs as the template README gives it, in a fresh `git clone` of this repository with
+no git identity, and bakes the default project: its install and both experiments are the baked
+README's quick start ("Start here"), at the real defaults. The rest of "Start here" (`doctor`,
+`dvc exp show`, `mlflow ui`) runs as written in that project, and the tests after it check the
+two experiments' records. The last test makes the defaults tiny in conf/ (as the README says
+to change a default) and walks every other bash block of the README: own data, predict, sweeps
+and search, promote, verify and reproduce, team setup, hooks. It changes the project, so it
+stays last.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -22,28 +27,45 @@ from pathlib import Path
 
 import mlflow
 import nibabel as nib
+import numpy as np
 import pytest
 import yaml
 from conftest import (
     DEFAULT_PACKAGE,
     DEFAULT_SLUG,
+    describe,
     exp_show,
+    fresh_clone,
     git,
     metrics_of,
     params_of,
     project_env,
     readme_blocks,
     run,
+    template_readme_commands,
     wait_for_queue,
 )
 from mlflow.entities import Run
-from msd_datasets import CT_SPACINGS, write_ct
+from msd_datasets import CT_SPACINGS, case_name, write_ct
 from servers import Service, free_port
 
 pytestmark = pytest.mark.slow
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_LR, SECOND_LR = 0.002, 1e-4
+# The template's promise for the default synthetic experiment (lr 0.002), which the demo runs.
+PROMISED_DICE = 0.90
+# Lines the demo must no longer print: library chatter that buried the project's own lines.
+NOISE = (
+    "INFO mlflow.",
+    "FutureWarning",
+    "0/1 specialized",
+    "Registered model",
+    "Successfully registered model",
+    "Created version",
+    "No file hash info found",
+    "DeprecationWarning",
+)
 TRAIN_METRICS, EVALUATE_METRICS = "metrics/train.json", "metrics/evaluate.json"
 
 
@@ -54,6 +76,9 @@ class Experiments:
     layer_bin: Path
     shown: dict[str, dict]  # `dvc exp show` data, by experiment name
     class_names: list[str]  # foreground classes of the synthetic dataset.json
+    demo: (
+        subprocess.CompletedProcess
+    )  # the template README's demo, which baked the project
 
     @property
     def tracking_uri(self) -> str:
@@ -126,18 +151,61 @@ def commit_tiny_defaults(project: Path) -> None:
     )
 
 
+def run_demo(
+    clone: Path, layer_bin: Path, git_isolation: dict[str, str | None]
+) -> subprocess.CompletedProcess:
+    """The template README's demo command as written, in ``clone``, with no git identity. It
+    shares the test virtualenv through ``VENV`` (a layer over it, so that the demo's
+    `pip install -e` does not touch the shared one)."""
+    (layer_bin.parent / ".complete").touch()  # .ci/env.sh: the virtualenv is ready
+    env = {key: value for key, value in os.environ.items() if key not in git_isolation}
+    env |= {key: value for key, value in git_isolation.items() if value is not None}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PYTHONPATH", None)
+    shared_bin = Path(sys.executable).parent
+    env |= {
+        "VENV": str(layer_bin.parent),
+        "PATH": f"{layer_bin}:{shared_bin}:{env['PATH']}",
+    }
+    demo, _ = template_readme_commands()
+    result = run(["bash", "-c", demo], cwd=clone, env=env, check=False, timeout=900)
+    assert result.returncode == 0, describe(result)
+    return result
+
+
+def demo_commands(clone: Path) -> list[str]:
+    """The commands of .ci/demo after its `cd` into the baked project (`time` aside)."""
+    lines = (clone / ".ci" / "demo").read_text().split("cd ", 1)[1].splitlines()[1:]
+    commands = (line.split("#")[0].strip().removeprefix("time ") for line in lines)
+    return [command for command in commands if command]
+
+
+def written_by_the_pipeline(project: Path, path: str) -> bool:
+    """Whether ``path`` is one that `dvc exp run` writes: params.yaml, dvc.lock, a stage's
+    outs, metrics and plots, and the .gitignore entries DVC adds for them."""
+    declared = {"params.yaml", "dvc.lock"}
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return Path(path).name == ".gitignore" or any(
+        path == out or path.startswith(f"{out.rstrip('/')}/") for out in declared
+    )
+
+
 @pytest.fixture(scope="module")
 def experiments(
-    bake, install_venv, tmp_path_factory: pytest.TempPathFactory
+    install_venv, git_isolation, tmp_path_factory: pytest.TempPathFactory
 ) -> Experiments:
-    """The README's quick start, every command as written and in order."""
-    project = bake(tmp_path_factory.mktemp("end-to-end"))
-    layer_bin = install_venv(project)
+    """The demo, then the rest of the baked README's quick start, every command as written."""
+    clone = fresh_clone(tmp_path_factory.mktemp("end-to-end") / "template")
+    layer_bin = install_venv(clone)
+    demo = run_demo(clone, layer_bin, git_isolation)
+    project = clone / "demo" / DEFAULT_SLUG
     env = project_env(project, path_prefix=layer_bin)
     env.pop(
         "PYTHONPATH"
     )  # the README's `pip install -e` must make the package importable
-    commit_tiny_defaults(project)
     commands = readme_quick_start(project)
     assert commands == [
         'pip install -e ".[dev]"',
@@ -147,8 +215,21 @@ def experiments(
         "dvc exp show",
         "mlflow ui --backend-store-uri sqlite:///mlflow.db",
     ], commands
+    # The demo ran the install and both experiments, in this order; `doctor` runs after them.
+    ran_by_demo = [command for command in commands if command in demo_commands(clone)]
+    assert ran_by_demo == [commands[0], *commands[2:4]], demo_commands(clone)
+    status = ["git", "status", "--porcelain", "--untracked-files=all"]
+    changed = run(status, cwd=project).stdout
+    strays = [
+        line
+        for line in changed.splitlines()
+        if not written_by_the_pipeline(project, line[3:])
+    ]
+    assert not strays, f"the install left files for git to commit:\n{changed}"
 
     for command in commands:
+        if command in ran_by_demo:
+            continue
         if command.startswith("mlflow ui"):
             log = tmp_path_factory.mktemp("mlflow-ui") / "log"
             assert check_mlflow_ui(command, project, env, log) == 4, (
@@ -156,10 +237,6 @@ def experiments(
             )
             continue
         result = run(["bash", "-c", command], cwd=project, env=env)
-        if command.startswith("pip install"):
-            assert git(project, "status", "--porcelain") == "", (
-                "the install left files for git to commit"
-            )
         if command.endswith(" doctor"):
             assert result.stdout.splitlines()[-1].startswith("0 failed"), result.stdout
         if command == "dvc exp show":
@@ -176,6 +253,7 @@ def experiments(
         layer_bin,
         exp_show(project, env),
         class_names,
+        demo,
     )
 
 
@@ -220,6 +298,41 @@ def download(
         tracking_uri=experiments.tracking_uri,
     )
     return Path(local).read_text()
+
+
+def test_demo_shows_both_experiments_and_the_default_one_learns(
+    experiments: Experiments, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdout = experiments.demo.stdout
+    output = stdout + experiments.demo.stderr
+    with capsys.disabled():
+        print(f"\n  the demo printed {len(output.splitlines())} lines", end="")
+    rows = [line for line in stdout.splitlines() if re.match(r"\|.*\[[\w-]+\]", line)]
+    assert len(rows) == 2, f"expected two experiments in the table:\n{stdout[-3000:]}"
+    header = next(line for line in stdout.splitlines() if "| Experiment" in line)
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    by_lr = {}
+    for row in rows:
+        cells = dict(
+            zip(
+                columns,
+                (cell.strip() for cell in row.strip("|").split("|")),
+                strict=True,
+            )
+        )
+        by_lr[float(cells["lr"])] = cells
+        assert 0.0 <= float(cells["dice_mean"]) <= 1.0, row
+        assert re.fullmatch(
+            r"[0-9a-f]{32}", cells["metrics/train.json:mlflow_run_id"]
+        ), row
+    assert set(by_lr) == {DEFAULT_LR, SECOND_LR}, rows
+    dice = float(by_lr[DEFAULT_LR]["dice_mean"])
+    assert dice >= PROMISED_DICE, (
+        f"the default experiment's test dice_mean {dice} < {PROMISED_DICE}"
+    )
+    assert (experiments.project / ".git").is_dir()
+    noisy = [line for line in output.splitlines() if any(n in line for n in NOISE)]
+    assert not noisy, "the demo prints library noise again:\n" + "\n".join(noisy)
 
 
 def test_readme_install_makes_the_package_importable(experiments: Experiments) -> None:
@@ -454,12 +567,73 @@ def take_block(blocks: list[tuple[str, list[str]]], heading: str) -> list[str]:
     return commands
 
 
+def check_ct_resolves_auto_from_its_fingerprint_and_is_traced(
+    project: Path, env: dict[str, str], store: mlflow.MlflowClient
+) -> None:
+    """The README's CT experiment (data=msd on write_ct's anisotropic scans): what `auto`
+    became, from the fingerprint, and where it is recorded."""
+    fingerprint = json.loads((project / "data" / "fingerprint.json").read_text())
+    assert fingerprint["modality"] == ["CT"]
+    z = [spacing[2] for spacing in CT_SPACINGS]
+    expected_pixdim = [0.8, 0.8, round(float(np.percentile(z, 10)), 4)]
+    assert expected_pixdim[2] < np.median(z), (
+        "the check needs the 10th percentile to differ"
+    )
+
+    resolved = json.loads((project / "metrics" / "preprocess.json").read_text())
+    assert resolved["normalization"] == "ct"
+    assert resolved["pixdim"] == "x".join(f"{value:g}" for value in expected_pixdim)
+    processed = nib.load(project / "data" / "processed" / "imagesTr" / case_name(0))
+    assert processed.header.get_zooms()[:3] == pytest.approx(expected_pixdim, abs=1e-4)
+    # Clipped to the foreground's 0.5/99.5 percentiles, then z-scored: air is no longer -1000.
+    values = np.asarray(processed.dataobj)
+    assert -10 < values.min() < 0 < values.max() < 10
+    evaluation = json.loads((project / EVALUATE_METRICS).read_text())
+    expected = {
+        f"{m}_{name}" for m in ("dice", "hd95") for name in ("liver", "tumour", "mean")
+    }
+    assert expected <= set(evaluation), sorted(evaluation)
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    fingerprint_md5 = lock["stages"]["fingerprint"]["outs"][0]["md5"]
+    raw_md5 = yaml.safe_load((project / "data" / "raw.dvc").read_text())["outs"][0][
+        "md5"
+    ]
+    train_id = json.loads((project / TRAIN_METRICS).read_text())["mlflow_run_id"]
+    train_run = store.get_run(train_id)
+    assert train_run.data.tags["data.raw.md5"] == raw_md5
+    assert train_run.data.tags["data.fingerprint.md5"] == fingerprint_md5
+    assert "data.synthetic.md5" not in train_run.data.tags, (
+        "data=msd does not read data/synthetic"
+    )
+    assert train_run.data.params["resolved.normalization"] == "ct"
+    assert train_run.data.params["resolved.pixdim"] == resolved["pixdim"]
+    assert (
+        train_run.info.experiment_id
+        == store.get_experiment_by_name("liver").experiment_id
+    )
+    shown = [
+        data
+        for data in exp_show(project, env).values()
+        if metrics_of(data, TRAIN_METRICS).get("mlflow_run_id") == train_id
+    ]
+    assert len(shown) == 1, "the CT run is not one experiment of `dvc exp show`"
+    assert (
+        metrics_of(shown[0], "metrics/preprocess.json")["pixdim"] == resolved["pixdim"]
+    )
+    verified = run([DEFAULT_SLUG, "verify", train_id], cwd=project, env=env).stdout
+    assert "data.fingerprint.md5" in verified and "MISMATCH" not in verified, verified
+
+
 def test_every_other_readme_block_runs_as_written_in_order(
     experiments: Experiments, postgres, s3_store, tmp_path: Path
 ) -> None:
     """After "Start here": own data, predict, sweeps and search, promote, verify and reproduce,
     team setup, hooks. Every command as the README writes it, in the README's order."""
     project = experiments.project
+    commit_tiny_defaults(
+        project
+    )  # the demo ran the real defaults; the walk runs many more
     blocks = readme_blocks(project)
     assert [heading for heading, _ in blocks] == ["Start here", *WALKTHROUGH], blocks
     blocks.pop(0)  # Start here: the `experiments` fixture
@@ -477,6 +651,7 @@ def test_every_other_readme_block_runs_as_written_in_order(
     assert {"dice_liver", "dice_tumour"} <= set(evaluation), sorted(evaluation)
     store = mlflow.MlflowClient(tracking_uri=experiments.tracking_uri)
     assert int(store.get_model_version_by_alias("liver", "champion").version) == 1
+    check_ct_resolves_auto_from_its_fingerprint_and_is_traced(project, walk.env, store)
 
     scan = project / "scan.nii.gz"
     shutil.copy(raw / "imagesTs" / "case_000.nii.gz", scan)

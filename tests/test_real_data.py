@@ -1,9 +1,9 @@
 """Real data: an MSD folder at data/raw, `dvc add`-ed, chosen with `-S data=msd`.
 
 Each dataset is made here and is like a kind of real data (see msd_datasets.py). The checks
-are the README's promises: what `auto` resolves to and where it is recorded, that the
-resolved preprocessing learns, that `predict` gives masks on each input's own grid, and that
-bad inputs are named.
+are the README's promises: what `auto` resolves to, that the resolved preprocessing learns,
+that `predict` gives masks on each input's own grid, and that bad inputs are named. The CT
+dataset's `auto` is checked on the README's own CT experiment, in test_end_to_end.py.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import mlflow
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
-from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, TINY, exp_show, git, metrics_of, run
+from conftest import DEFAULT_PACKAGE, DEFAULT_SLUG, TINY, git, run
 from msd_datasets import CT_SPACINGS, case_name, write_ct, write_mri
 
 pytestmark = pytest.mark.slow
@@ -86,67 +85,6 @@ def ct_project(bake, tmp_path: Path) -> Path:
     project = bake(tmp_path)
     write_ct(project / "data" / "raw", CT_SPACINGS)
     return project
-
-
-def test_ct_data_resolves_auto_from_its_fingerprint_and_is_traced(
-    ct_project: Path,
-) -> None:
-    add_raw_data(ct_project)
-    run_msd(ct_project, *tiny_overrides())
-
-    fingerprint = read_json(ct_project, "data/fingerprint.json")
-    assert fingerprint["modality"] == ["CT"]
-    z = [spacing[2] for spacing in CT_SPACINGS]
-    expected_pixdim = [0.8, 0.8, round(float(np.percentile(z, 10)), 4)]
-    assert expected_pixdim[2] < np.median(z), (
-        "the test needs the 10th percentile to differ"
-    )
-
-    resolved = read_json(ct_project, "metrics/preprocess.json")
-    assert resolved["normalization"] == "ct"
-    assert resolved["pixdim"] == "x".join(f"{value:g}" for value in expected_pixdim)
-    processed = nib.load(ct_project / "data" / "processed" / "imagesTr" / case_name(0))
-    assert processed.header.get_zooms()[:3] == pytest.approx(expected_pixdim, abs=1e-4)
-    # Clipped to the foreground's 0.5/99.5 percentiles, then z-scored: air is no longer -1000.
-    values = np.asarray(processed.dataobj)
-    assert -10 < values.min() < 0 < values.max() < 10
-
-    metrics = read_json(ct_project, "metrics/evaluate.json")
-    report("CT-like, anisotropic, 2 epochs", metrics)
-    expected = {
-        f"{metric}_{name}"
-        for metric in ("dice", "hd95")
-        for name in ("liver", "tumour", "mean")
-    }
-    assert expected <= set(metrics), sorted(metrics)
-
-    lock = yaml.safe_load((ct_project / "dvc.lock").read_text())
-    fingerprint_md5 = lock["stages"]["fingerprint"]["outs"][0]["md5"]
-    raw_md5 = yaml.safe_load((ct_project / "data" / "raw.dvc").read_text())["outs"][0][
-        "md5"
-    ]
-    client = tracking_client(ct_project)
-    train_run = client.get_run(
-        read_json(ct_project, "metrics/train.json")["mlflow_run_id"]
-    )
-    assert train_run.data.tags["data.raw.md5"] == raw_md5
-    assert train_run.data.tags["data.fingerprint.md5"] == fingerprint_md5
-    assert "data.synthetic.md5" not in train_run.data.tags, (
-        "data=msd does not read data/synthetic"
-    )
-    assert train_run.data.params["resolved.normalization"] == "ct"
-    assert train_run.data.params["resolved.pixdim"] == resolved["pixdim"]
-    assert (
-        train_run.info.experiment_id
-        == client.get_experiment_by_name(DEFAULT_SLUG).experiment_id
-    )
-
-    (shown,) = exp_show(ct_project).values()
-    assert metrics_of(shown, "metrics/preprocess.json")["pixdim"] == resolved["pixdim"]
-    verified = cli(ct_project, "verify", train_run.info.run_id)
-    assert (
-        "data.fingerprint.md5" in verified.stdout and "MISMATCH" not in verified.stdout
-    )
 
 
 def test_mri_data_learns_with_auto_zscore_and_predict_round_trips(
