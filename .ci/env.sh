@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 export DVC_NO_ANALYTICS=1
 # The suites run their modules side by side on every core, each torch process with several
 # threads. OpenMP's idle threads would spin on cores the other processes need; passive waiting
-# gives the same results with far less CPU (two default trains at once: 84 CPU s each -> 48).
+# gives the same results with far less CPU (two default trains at once: 130 s each -> 47 s).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
