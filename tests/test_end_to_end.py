@@ -76,9 +76,8 @@ class Experiments:
     layer_bin: Path
     shown: dict[str, dict]  # `dvc exp show` data, by experiment name
     class_names: list[str]  # foreground classes of the synthetic dataset.json
-    demo: (
-        subprocess.CompletedProcess
-    )  # the template README's demo, which baked the project
+    # The template README's demo, which baked the project.
+    demo: subprocess.CompletedProcess
 
     @property
     def tracking_uri(self) -> str:
@@ -180,14 +179,18 @@ def demo_commands(clone: Path) -> list[str]:
     return [command for command in commands if command]
 
 
-def written_by_the_pipeline(project: Path, path: str) -> bool:
-    """Whether ``path`` is one that `dvc exp run` writes: params.yaml, dvc.lock, a stage's
-    outs, metrics and plots, and the .gitignore entries DVC adds for them."""
+def pipeline_paths(project: Path) -> set[str]:
+    """What `dvc exp run` writes besides DVC's .gitignore entries: params.yaml, dvc.lock, and
+    each stage's outs, metrics and plots."""
     declared = {"params.yaml", "dvc.lock"}
     for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
         for key in ("outs", "metrics", "plots"):
             for entry in stage.get(key, []):
                 declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return declared
+
+
+def written_by_the_pipeline(path: str, declared: set[str]) -> bool:
     return Path(path).name == ".gitignore" or any(
         path == out or path.startswith(f"{out.rstrip('/')}/") for out in declared
     )
@@ -216,14 +219,16 @@ def experiments(
         "mlflow ui --backend-store-uri sqlite:///mlflow.db",
     ], commands
     # The demo ran the install and both experiments, in this order; `doctor` runs after them.
-    ran_by_demo = [command for command in commands if command in demo_commands(clone)]
-    assert ran_by_demo == [commands[0], *commands[2:4]], demo_commands(clone)
+    in_demo = demo_commands(clone)
+    ran_by_demo = [command for command in commands if command in in_demo]
+    assert ran_by_demo == [commands[0], *commands[2:4]], in_demo
     status = ["git", "status", "--porcelain", "--untracked-files=all"]
     changed = run(status, cwd=project).stdout
+    declared = pipeline_paths(project)
     strays = [
         line
         for line in changed.splitlines()
-        if not written_by_the_pipeline(project, line[3:])
+        if not written_by_the_pipeline(line[3:], declared)
     ]
     assert not strays, f"the install left files for git to commit:\n{changed}"
 
@@ -631,9 +636,8 @@ def test_every_other_readme_block_runs_as_written_in_order(
     """After "Start here": own data, predict, sweeps and search, promote, verify and reproduce,
     team setup, hooks. Every command as the README writes it, in the README's order."""
     project = experiments.project
-    commit_tiny_defaults(
-        project
-    )  # the demo ran the real defaults; the walk runs many more
+    # The demo ran the real defaults; the walk runs many more experiments.
+    commit_tiny_defaults(project)
     blocks = readme_blocks(project)
     assert [heading for heading, _ in blocks] == ["Start here", *WALKTHROUGH], blocks
     blocks.pop(0)  # Start here: the `experiments` fixture
