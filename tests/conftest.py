@@ -39,9 +39,21 @@ TINY = (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--baked-full-tier",
+        action="store_true",
+        help="also run a baked project's full tier (`python -m pytest -m slow`, about 13 minutes "
+        "on 2 cores), which the baked project's own CI runs on pull requests and weekly",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: runs a baked project's DVC pipeline or its test suite"
+    )
+    config.addinivalue_line(
+        "markers", "baked_full_tier: runs only with --baked-full-tier"
     )
 
 
@@ -57,7 +69,14 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The baked full tier is the baked project's to run (its CI: pull requests and weekly);
+    # here it is one option away, so that this suite runs each baked test once, in one place.
+    if not config.getoption("--baked-full-tier"):
+        deselected = [item for item in items if item.get_closest_marker("baked_full_tier")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item not in deselected]
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
