@@ -18,7 +18,9 @@ import torch
 from conftest import PROJECT_ROOT, TINY
 
 pytestmark = pytest.mark.slow
-EPOCHS = 8
+# Enough that the stop lands mid-run: a tiny epoch takes well under a second on a quick CPU,
+# and the poll below sees the second validation a second or two after it is reported.
+EPOCHS = 30
 
 
 def validations_reported(storage: str) -> int:
