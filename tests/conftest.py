@@ -69,11 +69,15 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
     # The baked full tier is the baked project's to run (its CI: pull requests and weekly);
     # here it is one option away, so that this suite runs each baked test once, in one place.
     if not config.getoption("--baked-full-tier"):
-        deselected = [item for item in items if item.get_closest_marker("baked_full_tier")]
+        deselected = [
+            item for item in items if item.get_closest_marker("baked_full_tier")
+        ]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if item not in deselected]

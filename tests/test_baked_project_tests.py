@@ -31,10 +31,8 @@ def test_the_fast_tier_passes(project: Path, record_property) -> None:
 def test_every_full_tier_test_is_collected(project: Path) -> None:
     """The full tier's modules import and its tests are found, so that a change here cannot
     break them unseen until the baked project's next full run."""
-    result = run(
-        [sys.executable, "-m", "pytest", "-m", "slow", "--collect-only", "-q", "-n", "0"],
-        cwd=project,
-    )
+    collect = ["-m", "slow", "--collect-only", "-q", "-n", "0"]
+    result = run([sys.executable, "-m", "pytest", *collect], cwd=project)
     summary = result.stdout.strip().splitlines()[-1]
     selected = re.search(r"(\d+)/\d+ tests collected", summary)
     assert selected and int(selected.group(1)) >= FULL_TIER_TESTS, summary
