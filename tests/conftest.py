@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--baked-full-tier",
         action="store_true",
-        help="also run a baked project's full tier (`python -m pytest -m slow`, about 13 minutes "
+        help="also run a baked project's full tier (`python -m pytest -m slow`, 9 to 13 minutes "
         "on 2 cores), which the baked project's own CI runs on pull requests and weekly",
     )
 
