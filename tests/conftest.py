@@ -75,12 +75,11 @@ def pytest_collection_modifyitems(
     # The baked full tier is the baked project's to run (its CI: pull requests and weekly);
     # here it is one option away, so that this suite runs each baked test once, in one place.
     if not config.getoption("--baked-full-tier"):
-        deselected = [
-            item for item in items if item.get_closest_marker("baked_full_tier")
-        ]
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if item not in deselected]
+        full_tier = [item.get_closest_marker("baked_full_tier") for item in items]
+        config.hook.pytest_deselected(
+            items=[item for item, marked in zip(items, full_tier) if marked]
+        )
+        items[:] = [item for item, marked in zip(items, full_tier) if not marked]
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
