@@ -1,8 +1,12 @@
-"""The stage command line: user errors come out as one line on stderr and exit status 2."""
+"""The stage command line: user errors come out as one line on stderr and exit status 2; stages
+run as DVC runs them, `python -m <package>`, with Python's cycle collector on."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,23 @@ def test_stale_params_yaml_stops_a_stage(
     err = capsys.readouterr().err
     assert "stale" in err and "dvc exp run" in err
     assert not (tmp_path / "data").exists(), "the stage must not run on stale params"
+
+
+def test_a_stage_runs_with_the_cycle_collector_on(pkg, project_root: Path) -> None:
+    """`python -m <package>` pauses the collector while a stage loads; the stage itself must run
+    with it on again, or a long training would never free reference cycles."""
+    probe = (
+        "import gc, runpy, sys\n"
+        f"from {pkg.__name__}.stages import synthesize\n"
+        "def probe(params, workdir): print('collecting', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "synthesize.run = probe\n"
+        f"sys.argv = ['{pkg.__name__}', 'synthesize']\n"
+        f"runpy.run_module('{pkg.__name__}', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(project_root / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project_root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # On, with what had loaded frozen out of its walks.
+    assert "collecting True True" in result.stdout

@@ -4,6 +4,7 @@ reproduce, sync, search, server, doctor, plots-offline) from ``lab/commands.py``
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import signal
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         for flags, options in arguments:
             command.add_argument(*flags, **options)
     args = parser.parse_args(argv)
+    if args.command not in COMMANDS:  # a tool: it loads what it needs as it goes
+        resume_collector()
     # The project's own lines at INFO; libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger(__package__).setLevel(logging.INFO)
@@ -82,6 +85,17 @@ def package_module(name: str) -> ModuleType:
     return importlib.import_module(name, __package__)
 
 
+def resume_collector() -> None:
+    """Turn the cycle collector back on once a command has loaded, if ``__main__`` paused it.
+
+    What has loaded lives as long as the process, so it is frozen first: the collector then
+    walks only what the command makes from here on.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def repo_root() -> Path:
     return package_module(".config.params").repo_root()
 
@@ -97,12 +111,15 @@ def _stage(args: argparse.Namespace, workdir: Path) -> bool:
         # A tracking server that does not answer stops the stage before it loads anything.
         package_module(".lab.tracking").check_server(repo_root())
     # Imported only when chosen: each stage pulls in only what it needs (torch, MONAI, MLflow).
-    package_module(f".stages.{args.command}").run(params, workdir)
+    stage = package_module(f".stages.{args.command}")
+    resume_collector()
+    stage.run(params, workdir)
     return True
 
 
 def _predict(args: argparse.Namespace, workdir: Path) -> bool:
     predict = package_module(".inference.predict")
+    resume_collector()
     predict.predict_files(args.inputs, args.model, args.output, args.overlap, workdir, args.tta)
     return True
 
