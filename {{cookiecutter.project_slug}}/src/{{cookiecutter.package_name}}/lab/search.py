@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,10 +83,12 @@ def search(
         study_name=study_name, storage=rdb, direction=spec["direction"], load_if_exists=True
     )
     study.set_user_attr(trial_seam.PRUNER_ATTR, spec["pruner"])  # read by the trials' train stages
-    # Seeded by the trials so far: a resumed search goes on where it was, instead of repeating
-    # the proposals that a sampler with a fixed seed starts with.
-    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
     worker = f"{socket.gethostname()}:{root}"
+    # Seeded by this worker and the trials so far. Workers that start together must not share a
+    # seed, or each would propose the same trials as the others; a resumed search goes on where
+    # it was, instead of repeating the proposals that its seed starts with.
+    seed = (zlib.crc32(worker.encode()) + len(study.trials)) % 2**32
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     log.info("Study %s in %s; this worker: %s", study_name, hidden_password(url), worker)
     _settle_interrupted(study, root, spec["metric"], worker)
     # The trials' train stages report to the study through these (lab/trial.py).
